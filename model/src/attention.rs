@@ -1,0 +1,95 @@
+//! Grouped-query self-attention with RoPE.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor, backend::Backend};
+
+use crate::cache::KvCache;
+use crate::rope::apply_rotary;
+
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    pub fn init(
+        hidden: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
+        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        Self {
+            q_proj: linear(hidden, heads * head_dim),
+            k_proj: linear(hidden, kv_heads * head_dim),
+            v_proj: linear(hidden, kv_heads * head_dim),
+            o_proj: linear(heads * head_dim, hidden),
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+        }
+    }
+
+    /// - `x`: `[batch, seq, hidden]`
+    /// - `cos`, `sin`: `[seq, head_dim]` for this chunk's positions
+    /// - `mask`: `[batch, 1, seq, kv_len]`, true where attention is forbidden
+    /// - `cache`: `(cache, layer)` when generating incrementally
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let heads =
+            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = apply_rotary(
+            heads(self.q_proj.forward(x.clone()), self.num_heads),
+            cos,
+            sin,
+        );
+        let k = apply_rotary(
+            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
+            cos,
+            sin,
+        );
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.extend(layer, k, v),
+            None => (k, v),
+        };
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+        let kv_len = k.dims()[2];
+        let mask = mask.clone().expand([batch, self.num_heads, seq, kv_len]);
+        let out = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// `[batch, kv_heads, len, d]` -> `[batch, heads, len, d]`; query head h reads kv head h / groups.
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.num_heads / self.num_kv_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [batch, kv_heads, len, d] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, groups, len, d])
+            .reshape([batch, kv_heads * groups, len, d])
+    }
+}

@@ -1,0 +1,63 @@
+//! One decoder block: pre-norm attention and pre-norm MLP, each with a residual.
+
+use burn::module::Module;
+use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::tensor::{Bool, Tensor, backend::Backend};
+
+use crate::attention::LlamaAttention;
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::mlp::LlamaMlp;
+
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: LlamaAttention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: LlamaMlp<B>,
+}
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    pub fn init(c: &LlamaConfig, device: &B::Device) -> Self {
+        let norm = || {
+            RmsNormConfig::new(c.hidden_size)
+                .with_epsilon(c.rms_norm_eps)
+                .init(device)
+        };
+        Self {
+            input_layernorm: norm(),
+            self_attn: LlamaAttention::init(
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim,
+                device,
+            ),
+            post_attention_layernorm: norm(),
+            mlp: LlamaMlp::init(c.hidden_size, c.intermediate_size, device),
+        }
+    }
+
+    /// `x` `[batch, seq, hidden]` -> (`[batch, seq, hidden]`, up_proj output `[batch, seq, d_ff]`).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            cos,
+            sin,
+            mask,
+            cache,
+        );
+        let x = x + attn;
+        let (mlp, up) = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
+        (x + mlp, up)
+    }
+}

@@ -1,0 +1,143 @@
+//! Text generation with the KV cache: greedy, or temperature + nucleus (top-p) sampling.
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::llama::Llama;
+
+/// How to pick the next token.
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 keeps every token.
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Picks a token from `logits` `[vocab]`.
+pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 { (i, l) } else { best }
+            })
+            .0 as u32
+    };
+    if config.temperature <= 0.0 {
+        return argmax();
+    }
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, ((l as f64 - max) / config.temperature).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // Smallest prefix whose mass reaches top_p (at least one token).
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for (_, p) in &probs {
+        kept += 1;
+        mass += p / total;
+        if mass >= config.top_p {
+            break;
+        }
+    }
+    probs.truncate(kept);
+    let kept_mass: f64 = probs.iter().map(|p| p.1).sum();
+    let mut r = rng.random::<f64>() * kept_mass;
+    for (id, p) in &probs {
+        r -= p;
+        if r <= 0.0 {
+            return *id;
+        }
+    }
+    probs.last().map(|p| p.0).unwrap_or_else(argmax)
+}
+
+/// Continues `prompt` (non-empty) by up to `max_new_tokens`, stopping after any of `stop_ids`.
+/// Returns the new token ids (a stop token included).
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+    config: &SamplingConfig,
+    device: &B::Device,
+) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut cache = model.new_cache();
+    let mut out = Vec::with_capacity(max_new_tokens);
+    let mut input: Vec<u32> = prompt.to_vec();
+    for _ in 0..max_new_tokens {
+        let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+        let logits = model.forward_cached(ids, &mut cache);
+        let logits = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 after convert");
+        let next = sample_token(&logits, config, &mut rng);
+        out.push(next);
+        if stop_ids.contains(&next) {
+            break;
+        }
+        input = vec![next];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_p_keeps_the_nucleus_only() {
+        // Probabilities ~ [0.6, 0.3, 0.1]: top_p 0.5 keeps only token 0, whatever the seed.
+        let logits = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
+        let config = SamplingConfig {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 0,
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        assert!((0..200).all(|_| sample_token(&logits, &config, &mut rng) == 0));
+        // With top_p 1 all three appear, in roughly their proportions.
+        let config = SamplingConfig {
+            top_p: 1.0,
+            ..config
+        };
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            counts[sample_token(&logits, &config, &mut rng) as usize] += 1;
+        }
+        assert!((counts[0] as f64 / 3000.0 - 0.6).abs() < 0.05, "{counts:?}");
+        assert!((counts[2] as f64 / 3000.0 - 0.1).abs() < 0.03, "{counts:?}");
+    }
+
+    #[test]
+    fn zero_temperature_is_argmax() {
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(
+            sample_token(&[0.1, 3.0, -1.0], &SamplingConfig::default(), &mut rng),
+            1
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! A Llama-family decoder written once over any burn backend, with Hugging Face names for its
+//! parts, weights from Hugging Face directories and GGUF files, tokenizers with chat templates,
+//! completion log-probs for preference optimisation, and KV-cache generation.
+
+pub mod attention;
+pub mod cache;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod llama;
+pub mod logprobs;
+pub mod mlp;
+pub mod rope;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Llama3RopeScaling, LlamaConfig};
+pub use error::{ModelError, Result};
+pub use generate::{SamplingConfig, generate};
+pub use llama::{Llama, LlamaOutput};
+pub use logprobs::{SequenceLogps, completion_logps};
+pub use tokenizer::{ChatMessage, LlamaTokenizer};
+pub use weights::save::save_hf_dir;
+pub use weights::{Pretrained, load_pretrained};

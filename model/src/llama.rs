@@ -1,0 +1,156 @@
+//! The Llama decoder: embedding, blocks, final norm, unembedding.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::decoder::LlamaDecoderLayer;
+use crate::rope::RotaryEmbedding;
+
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the unembedding is tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+    #[module(skip)]
+    rope: RotaryEmbedding,
+}
+
+/// Output of the training forward pass.
+#[derive(Debug, Clone)]
+pub struct LlamaOutput<B: Backend> {
+    /// Final hidden states after the last norm, `[batch, seq, hidden]`.
+    pub hidden: Tensor<B, 3>,
+    /// `mlp.up_proj` outputs `[batch, seq, d_ff]`, one per requested layer, in request order.
+    pub up_proj: Vec<Tensor<B, 3>>,
+}
+
+impl LlamaConfig {
+    /// A randomly initialised model of this shape.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        let lm_head = (!self.tie_word_embeddings).then(|| {
+            LinearConfig::new(self.hidden_size, self.vocab_size)
+                .with_bias(false)
+                .init(device)
+        });
+        Llama::from_parts(
+            self.clone(),
+            EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+            (0..self.num_hidden_layers)
+                .map(|_| LlamaDecoderLayer::init(self, device))
+                .collect(),
+            RmsNormConfig::new(self.hidden_size)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device),
+            lm_head,
+        )
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Assembles a model from its parts (used by the weight loaders).
+    pub fn from_parts(
+        config: LlamaConfig,
+        embed_tokens: Embedding<B>,
+        layers: Vec<LlamaDecoderLayer<B>>,
+        norm: RmsNorm<B>,
+        lm_head: Option<Linear<B>>,
+    ) -> Self {
+        Self {
+            rope: RotaryEmbedding::new(&config),
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        }
+    }
+
+    /// Training forward over a right-padded batch, no cache.
+    ///
+    /// - `input_ids`: `[batch, seq]`
+    /// - `attention_mask`: `[batch, seq]`, 1 for real tokens and 0 for padding
+    /// - `capture`: layers whose `mlp.up_proj` output to return
+    ///
+    /// Every sequence must start with a real token (right padding), so that no query row is fully
+    /// masked. Panics if a `capture` index is not a layer.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        capture: &[usize],
+    ) -> LlamaOutput<B> {
+        let n_layers = self.layers.len();
+        if let Some(bad) = capture.iter().find(|&&l| l >= n_layers) {
+            panic!("capture layer {bad} out of range: the model has {n_layers} layers");
+        }
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let (cos, sin) = self.rope.tables::<B>(0, seq, &device);
+        let causal = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device)
+            .unsqueeze::<4>()
+            .expand([batch, 1, seq, seq]);
+        let padding = attention_mask
+            .equal_elem(0)
+            .reshape([batch, 1, 1, seq])
+            .expand([batch, 1, seq, seq]);
+        let mask = causal.bool_or(padding);
+
+        let mut x = self.embed_tokens.forward(input_ids);
+        let mut captured: Vec<Option<Tensor<B, 3>>> = vec![None; capture.len()];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (out, up) = layer.forward(x, &cos, &sin, &mask, None);
+            x = out;
+            for (slot, _) in captured.iter_mut().zip(capture).filter(|(_, l)| **l == i) {
+                *slot = Some(up.clone());
+            }
+        }
+        LlamaOutput {
+            hidden: self.norm.forward(x),
+            up_proj: captured.into_iter().flatten().collect(),
+        }
+    }
+
+    /// Unembedding: `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    /// Incremental forward for generation: runs `input_ids` `[batch, new]` (no padding) after the
+    /// cached positions and returns the logits of the last new position, `[batch, vocab]`.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let [batch, new] = input_ids.dims();
+        let device = input_ids.device();
+        let past = cache.len();
+        let (cos, sin) = self.rope.tables::<B>(past, new, &device);
+        let mask = Tensor::<B, 2, Bool>::tril_mask([new, past + new], past as i64, &device)
+            .unsqueeze::<4>()
+            .expand([batch, 1, new, past + new]);
+        let mut x = self.embed_tokens.forward(input_ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &cos, &sin, &mask, Some((cache, i))).0;
+        }
+        cache.advance(new);
+        let last = self.norm.forward(x.narrow(1, new - 1, 1));
+        self.logits(last).reshape([batch, self.config.vocab_size])
+    }
+
+    /// A cache sized for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+}

@@ -1,0 +1,70 @@
+//! Completion log-probabilities: the hot path of every preference-optimisation step.
+
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::llama::Llama;
+
+/// Per-sequence log-probabilities of the completion tokens.
+#[derive(Debug, Clone)]
+pub struct SequenceLogps<B: Backend> {
+    /// Σ_t log p(token_t | tokens_<t) over completion tokens, `[batch]`.
+    pub sum: Tensor<B, 1>,
+    /// `sum` divided by the number of completion tokens (at least 1), `[batch]`.
+    pub mean: Tensor<B, 1>,
+    /// Number of completion tokens, `[batch]`.
+    pub count: Tensor<B, 1>,
+    /// log p of every next token, `[batch, seq - 1]` (position t scores token t + 1), unmasked.
+    pub per_token: Tensor<B, 2>,
+}
+
+/// Log-probs of the tokens marked in `completion_mask`, from the final hidden states.
+///
+/// - `hidden`: `[batch, seq, hidden]` from [`Llama::forward`]
+/// - `input_ids`: `[batch, seq]`
+/// - `completion_mask`: `[batch, seq]`, 1 on completion tokens; position 0 is never scored since
+///   token t is predicted by the logits at t - 1
+/// - `chunk`: positions unembedded at a time; only `[batch, chunk, vocab]` logits exist at once in
+///   the forward pass instead of `[batch, seq, vocab]`
+///
+/// log p = logit[target] - logsumexp(logits), without a full log-softmax tensor.
+pub fn completion_logps<B: Backend>(
+    model: &Llama<B>,
+    hidden: Tensor<B, 3>,
+    input_ids: Tensor<B, 2, Int>,
+    completion_mask: Tensor<B, 2, Int>,
+    chunk: usize,
+) -> SequenceLogps<B> {
+    let [batch, seq, _] = hidden.dims();
+    let scored = seq.saturating_sub(1);
+    let device = hidden.device();
+    let chunk = chunk.max(1);
+    let mut pieces = Vec::with_capacity(scored.div_ceil(chunk));
+    let mut start = 0;
+    while start < scored {
+        let len = chunk.min(scored - start);
+        let logits = model.logits(hidden.clone().narrow(1, start, len));
+        let targets = input_ids
+            .clone()
+            .narrow(1, start + 1, len)
+            .unsqueeze_dim::<3>(2);
+        let max = logits.clone().detach().max_dim(2);
+        let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
+        pieces.push((logits.gather(2, targets) - lse).squeeze_dim::<2>(2));
+        start += len;
+    }
+    let per_token = if pieces.is_empty() {
+        Tensor::zeros([batch, 0], &device)
+    } else {
+        Tensor::cat(pieces, 1)
+    };
+    let mask = completion_mask.narrow(1, 1, scored).float();
+    let count = mask.clone().sum_dim(1).reshape([batch]);
+    let sum = (per_token.clone() * mask).sum_dim(1).reshape([batch]);
+    let mean = sum.clone() / count.clone().clamp_min(1.0);
+    SequenceLogps {
+        sum,
+        mean,
+        count,
+        per_token,
+    }
+}

@@ -1,0 +1,303 @@
+//! Tokenizers: `tokenizer.json` through the `tokenizers` crate, or built from GGUF metadata; chat
+//! templates rendered by minijinja with the settings transformers uses.
+
+use std::path::Path;
+
+use minijinja::{Environment, ErrorKind, context};
+use serde::Serialize;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{
+    AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
+
+use crate::error::{ModelError, Result, io_err};
+use crate::weights::gguf::GgufFile;
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A tokenizer with its special tokens and chat template.
+#[derive(Clone)]
+pub struct LlamaTokenizer {
+    pub inner: Tokenizer,
+    /// Jinja chat template, as in `tokenizer_config.json`.
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    /// Whether encoding with special tokens prepends BOS.
+    pub add_bos_token: bool,
+    origin: String,
+}
+
+/// Llama 3's pre-tokenizer pattern (llama.cpp `llama-bpe`).
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl LlamaTokenizer {
+    fn err(&self, message: impl ToString) -> ModelError {
+        ModelError::Tokenizer {
+            origin: self.origin.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Reads `tokenizer.json` and `tokenizer_config.json` (and `chat_template.jinja` if present).
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let tok_path = dir.join("tokenizer.json");
+        let origin = tok_path.display().to_string();
+        let inner = Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: cfg_path.clone(),
+                source,
+            })?
+        } else {
+            serde_json::Value::Null
+        };
+        // A special token is either "text" or {"content": "text", ...}.
+        let token = |key: &str| {
+            let v = cfg.get(key)?;
+            v.as_str()
+                .or_else(|| v.get("content")?.as_str())
+                .map(String::from)
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.exists() {
+            Some(std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?)
+        } else {
+            match cfg.get("chat_template") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                // A list of named templates: take "default".
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(String::from)),
+                _ => None,
+            }
+        };
+        let add_bos_token = cfg
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        Ok(Self {
+            inner,
+            chat_template,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+            pad_token: token("pad_token"),
+            add_bos_token,
+            origin,
+        })
+    }
+
+    /// Builds the byte-level BPE tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let origin = file.path.display().to_string();
+        let fail = |message: String| ModelError::Tokenizer {
+            origin: origin.clone(),
+            message,
+        };
+        let model = file.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(fail(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); use a \
+                 Hugging Face directory with tokenizer.json"
+            )));
+        }
+        let tokens = file.get_strings("tokenizer.ggml.tokens")?;
+        let types = file.get_ints("tokenizer.ggml.token_type")?;
+        if types.len() != tokens.len() {
+            return Err(fail(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let merges = file
+            .get_strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| fail(format!("merge {i} `{m}` is not two tokens")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut inner = Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre: PreTokenizerWrapper = match file.get_str("tokenizer.ggml.pre").unwrap_or("default")
+        {
+            "default" | "gpt2" => byte_level.into(),
+            // SmolLM: every digit is its own pre-token, then GPT-2's byte-level split.
+            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            "llama-bpe" | "llama3" => {
+                let split = Split::new(
+                    SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+                Sequence::new(vec![
+                    split.into(),
+                    ByteLevel::new(false, true, false).into(),
+                ])
+                .into()
+            }
+            other => return Err(fail(format!("pre-tokenizer `{other}` is not supported"))),
+        };
+        inner.with_pre_tokenizer(Some(pre));
+        inner.with_decoder(Some(DecoderWrapper::from(ByteLevel::default())));
+        // Control (3) and user-defined (4) tokens are matched whole, before BPE.
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, ty)| matches!(ty, 3 | 4))
+            .map(|(t, ty)| AddedToken::from(t.to_string(), *ty == 3))
+            .collect();
+        inner.add_special_tokens(&added);
+        let token_at = |key: &str| {
+            let id = file.get_int(key).ok()? as usize;
+            tokens.get(id).map(|t| t.to_string())
+        };
+        let bos_token = token_at("tokenizer.ggml.bos_token_id");
+        let add_bos_token = matches!(
+            file.get("tokenizer.ggml.add_bos_token"),
+            Some(crate::weights::gguf::GgufValue::Bool(true))
+        );
+        if add_bos_token {
+            let bos = bos_token
+                .clone()
+                .ok_or_else(|| fail("add_bos_token without bos_token_id".into()))?;
+            let id = file.get_int("tokenizer.ggml.bos_token_id")? as u32;
+            let post = TemplateProcessing::builder()
+                .try_single(format!("{bos} $A"))
+                .and_then(|b| b.try_pair(format!("{bos} $A {bos} $B")))
+                .map_err(|e| fail(e.to_string()))?
+                .special_tokens(vec![(bos.clone(), id)])
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+            inner.with_post_processor(Some(post));
+        }
+        Ok(Self {
+            inner,
+            chat_template: file
+                .get_str("tokenizer.chat_template")
+                .ok()
+                .map(String::from),
+            bos_token,
+            eos_token: token_at("tokenizer.ggml.eos_token_id"),
+            pad_token: token_at("tokenizer.ggml.padding_token_id"),
+            add_bos_token,
+            origin,
+        })
+    }
+
+    /// Token ids of `text`; `add_special_tokens` adds BOS when the tokenizer is set up to.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.err(e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Renders the chat template as transformers does (`trim_blocks`, `lstrip_blocks`, Python
+    /// string methods, `raise_exception`).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| ModelError::Template(format!("{} has no chat template", self.origin)))?;
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        let render = || -> std::result::Result<String, minijinja::Error> {
+            env.template_from_str(template)?.render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.clone().unwrap_or_default(),
+                eos_token => self.eos_token.clone().unwrap_or_default(),
+            })
+        };
+        render().map_err(|e| ModelError::Template(format!("{}: {e:#}", self.origin)))
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
+    pub fn save_hf(&self, dir: &Path, model_max_length: usize) -> Result<()> {
+        let tok = dir.join("tokenizer.json");
+        self.inner
+            .save(&tok, false)
+            .map_err(|e| ModelError::Tokenizer {
+                origin: tok.display().to_string(),
+                message: e.to_string(),
+            })?;
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "add_bos_token": self.add_bos_token,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+            "chat_template": self.chat_template,
+        });
+        let path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&config).expect("JSON values serialise");
+        std::fs::write(&path, text).map_err(io_err(&path))
+    }
+}

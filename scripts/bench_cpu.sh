@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CPU benchmark: decpo (burn, `bench` binary) vs the PyTorch baseline (scripts/bench_torch.py)
+# on the same work, printed as a markdown table with the burn/pytorch tokens/s ratio.
+#
+# Usage (from anywhere):
+#   scripts/bench_cpu.sh                       # --config all --batch 4 --seq 128, 2 threads
+#   CONFIG=tiny BATCH=2 SEQ=64 THREADS=2 scripts/bench_cpu.sh [extra args for both, e.g. --iters 5]
+# Both programs print one JSON line per case:
+#   {"impl":...,"config":...,"batch":B,"seq":T,"mode":...,"tokens_per_s":x,"ms_per_iter":y,"threads":n}
+# Raw JSON lines are kept in $OUT_DIR (default: a temp dir, path printed at the end).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+CONFIG=${CONFIG:-all}
+BATCH=${BATCH:-4}
+SEQ=${SEQ:-128}
+THREADS=${THREADS:-2}
+OUT_DIR=${OUT_DIR:-$(mktemp -d)}
+common=(--config "$CONFIG" --batch "$BATCH" --seq "$SEQ")
+
+echo "== decpo-burn: cargo run --release --bin bench -- ${common[*]} $*" >&2
+RAYON_NUM_THREADS=$THREADS cargo run --release --bin bench -- "${common[@]}" "$@" >"$OUT_DIR/burn.jsonl"
+burn_rc=$?
+[ $burn_rc -ne 0 ] && echo "warning: burn bench exited with $burn_rc" >&2
+
+echo "== pytorch: python3 scripts/bench_torch.py ${common[*]} --threads $THREADS $*" >&2
+python3 scripts/bench_torch.py "${common[@]}" --threads "$THREADS" "$@" >"$OUT_DIR/pytorch.jsonl"
+torch_rc=$?
+[ $torch_rc -ne 0 ] && echo "warning: pytorch bench exited with $torch_rc" >&2
+
+python3 - "$OUT_DIR/burn.jsonl" "$OUT_DIR/pytorch.jsonl" <<'PY'
+import json, sys
+
+def load(path):
+    rows = {}
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[(r["config"], r["mode"], r["batch"], r["seq"])] = r
+    return rows
+
+burn, torch_ = load(sys.argv[1]), load(sys.argv[2])
+keys = list(torch_) + [k for k in burn if k not in torch_]
+def f(r, k):
+    return f"{r[k]:.1f}" if r else "n/a"
+print("| config | mode | batch | seq | burn tok/s | burn ms/iter | pytorch tok/s | pytorch ms/iter | burn/pytorch |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for k in keys:
+    b, t = burn.get(k), torch_.get(k)
+    ratio = f"{b['tokens_per_s'] / t['tokens_per_s']:.2f}x" if b and t and t["tokens_per_s"] > 0 else "n/a"
+    threads = (t or b)["threads"]
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {f(b, 'tokens_per_s')} | {f(b, 'ms_per_iter')} | "
+          f"{f(t, 'tokens_per_s')} | {f(t, 'ms_per_iter')} | {ratio} |")
+PY
+echo "raw JSON lines: $OUT_DIR/burn.jsonl $OUT_DIR/pytorch.jsonl" >&2

@@ -1,0 +1,90 @@
+//! Shared helpers of the integration tests: fixtures, the real model, tolerances.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use serde_json::Value;
+
+pub type B = burn::backend::NdArray<f32>;
+pub type AD = burn::backend::Autodiff<B>;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+pub fn read_json(name: &str) -> Value {
+    let path = fixture(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The SmolLM2-135M-Instruct GGUF that `scripts/fetch-models.sh` downloads. Missing is a failure,
+/// not a skip: CI fetches it before testing.
+pub fn smollm2_path() -> PathBuf {
+    let path = std::env::var_os("DECPO_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models.sh (or set DECPO_SMOLLM2_GGUF)",
+        path.display()
+    );
+    path
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().expect("number") as f32],
+        other => panic!("expected numbers, got {other}"),
+    }
+}
+
+pub fn ints(v: &Value) -> Vec<i64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(ints).collect(),
+        Value::Number(n) => vec![n.as_i64().expect("integer")],
+        other => panic!("expected integers, got {other}"),
+    }
+}
+
+pub fn int_matrix<Bk: burn::tensor::backend::Backend>(v: &Value) -> Tensor<Bk, 2, Int> {
+    let rows = v.as_array().expect("rows").len();
+    let data = ints(v);
+    let cols = data.len() / rows;
+    Tensor::from_data(TensorData::new(data, [rows, cols]), &Default::default())
+}
+
+/// max |got - want| / max |want|: relative error at the scale of the tensor.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want
+        .iter()
+        .fold(0f32, |m, w| m.max(w.abs()))
+        .max(f32::MIN_POSITIVE);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    diff / scale
+}
+
+/// Elementwise relative error, for values far from zero such as summed log-probs.
+pub fn assert_close_each(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length mismatch");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * w.abs().max(1e-3),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().expect("f32")
+}
