@@ -62,6 +62,15 @@ fn inputs<B: Backend>(
     (ids, Tensor::ones(shape, device))
 }
 
+/// Worker threads of the CPU backend (rayon): RAYON_NUM_THREADS or the number of cores.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 fn report(config: &str, args: &Args, mode: &str, secs: f64) {
     let tokens = (args.batch * args.seq) as f64;
     println!(
@@ -75,6 +84,7 @@ fn report(config: &str, args: &Args, mode: &str, secs: f64) {
             "mode": mode,
             "tokens_per_s": tokens / secs,
             "ms_per_iter": secs * 1e3,
+            "threads": threads(),
         })
     );
 }

@@ -12,7 +12,7 @@ Work per iteration (matches the Rust side: logits + completion log-prob):
                     loss.backward(), then model.zero_grad(set_to_none=True).
 tokens_per_s = B*T / seconds per iteration (mean over --iters timed iterations after --warmup).
 
-Configs: "tiny" is the tiny-llama fixture config (scripts/make_tiny_fixture.py); "smollm2-135m"
+Configs: "tiny" is LlamaConfig::tiny() of model/src/config.rs; "smollm2-135m"
 is SmolLM2-135M's shape, random init (seed 0). Both float32, eager attention, random ids (seed 0),
 full attention mask (no padding).
 
@@ -35,13 +35,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 def make_config(name: str) -> LlamaConfig:
     if name == "tiny":
+        # The same shape as LlamaConfig::tiny() in model/src/config.rs.
         cfg = LlamaConfig(
-            vocab_size=131, hidden_size=48, intermediate_size=83, num_hidden_layers=3,
-            num_attention_heads=6, num_key_value_heads=2, head_dim=10, rms_norm_eps=1e-5,
-            rope_theta=10000.0, max_position_embeddings=64, tie_word_embeddings=False,
+            vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+            rope_theta=10000.0, max_position_embeddings=512, tie_word_embeddings=False,
             attention_bias=False, mlp_bias=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
         )
     elif name == "smollm2-135m":
         cfg = LlamaConfig(

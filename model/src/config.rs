@@ -95,9 +95,9 @@ impl LlamaConfig {
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let file: HfConfigFile =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            serde_json::from_str(&text).map_err(|cause| ModelError::Json {
                 path: path.into(),
-                source,
+                cause,
             })?;
         Self::from_hf(file, &path.display().to_string())
     }
@@ -225,7 +225,10 @@ impl LlamaConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads

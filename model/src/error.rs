@@ -5,15 +5,17 @@ use std::path::PathBuf;
 /// Everything that can go wrong when reading configs, weights or tokenizers.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    // The causes are part of the message rather than `#[source]`, so that an error chain printed
+    // by anyhow says each thing once.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {cause}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("invalid model config ({origin}): {message}")]
     Config { origin: String, message: String },
@@ -48,5 +50,5 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ModelError {
     let path = path.into();
-    move |source| ModelError::Io { path, source }
+    move |cause| ModelError::Io { path, cause }
 }

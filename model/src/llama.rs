@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::module::linear;
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
@@ -122,7 +121,14 @@ impl<B: Backend> Llama<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+            // Tied: `embed [vocab, hidden] @ hidden^T` keeps the big operand contiguous; multiplying
+            // by a transposed view of it made the CPU backend copy all of it on every call.
+            None => {
+                let [batch, seq, width] = hidden.dims();
+                let flat = hidden.reshape([batch * seq, width]).transpose();
+                let logits = self.embed_tokens.weight.val().matmul(flat);
+                logits.transpose().reshape([batch, seq, self.config.vocab_size])
+            }
         }
     }
 

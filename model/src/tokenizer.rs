@@ -70,9 +70,9 @@ impl LlamaTokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            serde_json::from_str(&text).map_err(|cause| ModelError::Json {
                 path: cfg_path.clone(),
-                source,
+                cause,
             })?
         } else {
             serde_json::Value::Null

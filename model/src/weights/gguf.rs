@@ -123,7 +123,9 @@ impl<'a> Reader<'a> {
             11 => GgufValue::Int(i64::from_le_bytes(fixed(8)?.try_into().expect("8"))),
             12 => GgufValue::Float(f64::from_le_bytes(fixed(8)?.try_into().expect("8"))),
             other => {
-                return Err(self.corrupt(format!("metadata `{key}` has unknown value type {other}")));
+                return Err(
+                    self.corrupt(format!("metadata `{key}` has unknown value type {other}"))
+                );
             }
         })
     }

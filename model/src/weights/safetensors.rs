@@ -30,9 +30,9 @@ impl HfDirSource {
         let files: Vec<String> = if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
             let index: ShardIndex =
-                serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                serde_json::from_str(&text).map_err(|cause| ModelError::Json {
                     path: index_path.clone(),
-                    source,
+                    cause,
                 })?;
             let mut files: Vec<String> = index.weight_map.into_values().collect();
             files.sort();

@@ -108,7 +108,7 @@ pub fn save_hf_dir<B: Backend>(
 ) -> Result<()> {
     let name = dir.file_name().ok_or_else(|| ModelError::Io {
         path: dir.into(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory name"),
+        cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory name"),
     })?;
     let parent = dir
         .parent()
