@@ -33,9 +33,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from gguf import GGUFReader
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from smollm2_tokenizer import reference_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models"
@@ -75,33 +75,6 @@ UP_PROJ_LAYERS = [0, 15, 29]
 
 def g7(x: float) -> float:
     return float(f"{x:.7g}")
-
-
-def reference_tokenizer(gguf_path: Path) -> Tokenizer:
-    """SmolLM2's tokenizer rebuilt from the GGUF metadata with the `tokenizers` package."""
-    r = GGUFReader(str(gguf_path))
-    tokens = r.fields["tokenizer.ggml.tokens"].contents()
-    merges = r.fields["tokenizer.ggml.merges"].contents()
-    ttype = r.fields["tokenizer.ggml.token_type"].contents()
-    vocab = {t: i for i, t in enumerate(tokens)}
-    assert len(vocab) == len(tokens), "duplicate tokens in GGUF vocabulary"
-    merge_pairs = [tuple(m.split(" ")) for m in merges]
-    assert all(len(p) == 2 for p in merge_pairs)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False))
-    tk.normalizer = None
-    tk.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tk.decoder = decoders.ByteLevel()
-    special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, ttype) if ty == 3]
-    tk.add_special_tokens(special)
-    for t in special:
-        assert tk.token_to_id(t.content) == vocab[t.content]
-    assert tk.get_vocab_size(with_added_tokens=True) == len(tokens)
-    return tk
 
 
 class Tok:

@@ -94,11 +94,10 @@ impl LlamaConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let file: HfConfigFile =
-            serde_json::from_str(&text).map_err(|cause| ModelError::Json {
-                path: path.into(),
-                cause,
-            })?;
+        let file: HfConfigFile = serde_json::from_str(&text).map_err(|cause| ModelError::Json {
+            path: path.into(),
+            cause,
+        })?;
         Self::from_hf(file, &path.display().to_string())
     }
 

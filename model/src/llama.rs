@@ -127,7 +127,9 @@ impl<B: Backend> Llama<B> {
                 let [batch, seq, width] = hidden.dims();
                 let flat = hidden.reshape([batch * seq, width]).transpose();
                 let logits = self.embed_tokens.weight.val().matmul(flat);
-                logits.transpose().reshape([batch, seq, self.config.vocab_size])
+                logits
+                    .transpose()
+                    .reshape([batch, seq, self.config.vocab_size])
             }
         }
     }

@@ -1,0 +1,18 @@
+//! Preference data for DPO/DecPO, read in order: a file row ([`read`]) -> [`PreferencePair`]
+//! ([`tasks`]) -> [`TokenizedPair`] ([`tokenize`]) -> [`PreferenceBatch`] ([`batch`]).
+
+pub mod batch;
+pub mod cache;
+pub mod error;
+pub mod pair;
+pub mod read;
+pub mod split;
+pub mod tasks;
+pub mod tokenize;
+
+pub use batch::{PreferenceBatch, PreferenceTensors, epoch_batches};
+pub use error::{DataError, Result};
+pub use pair::{Invalid, PreferencePair, Turns};
+pub use split::{SplitRule, split};
+pub use tasks::{ColumnMap, LoadedPairs, Task, load_pairs};
+pub use tokenize::{TokenizeConfig, TokenizeReport, TokenizedPair, tokenize_pairs};

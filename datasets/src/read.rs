@@ -1,0 +1,160 @@
+//! Reading rows from preference files: JSON lines, JSON arrays and CSV, optionally gzip-compressed
+//! (recognised by magic bytes, whatever the extension).
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{DataError, Result};
+
+/// One row of a file: its fields, and where it is (for messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRow {
+    /// "line 12" (JSON lines), "item 3" (JSON array, 0-based) or "record 5" (CSV, 1-based data record).
+    pub place: String,
+    pub fields: Map<String, Value>,
+}
+
+/// The file's bytes, gunzipped if they start with the gzip magic number.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let io = |cause| DataError::Io {
+        path: path.into(),
+        cause,
+    };
+    let raw = std::fs::read(path).map_err(io)?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(io)?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Reads every row of `path`. The format comes from the extension (`.jsonl`, `.json`, `.csv`, each
+/// optionally followed by `.gz`); a `.json` file holding JSON lines is read as such.
+pub fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    let bytes = read_bytes(path)?;
+    if name.ends_with(".csv") {
+        read_csv(path, &bytes)
+    } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+        read_json_lines(path, &bytes)
+    } else if name.ends_with(".json") {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => read_json_array(path, &bytes),
+            _ => read_json_lines(path, &bytes),
+        }
+    } else {
+        Err(DataError::File {
+            path: path.into(),
+            message: "unknown format: expected .jsonl, .json or .csv (optionally .gz)".into(),
+        })
+    }
+}
+
+fn row_err(path: &Path, place: &str, message: impl Into<String>) -> DataError {
+    DataError::Row {
+        path: path.into(),
+        place: place.into(),
+        message: message.into(),
+    }
+}
+
+fn read_json_lines(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
+    let mut rows = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let place = format!("line {}", i + 1);
+        let line = std::str::from_utf8(line)
+            .map_err(|e| row_err(path, &place, format!("invalid UTF-8: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(fields)) => rows.push(RawRow { place, fields }),
+            Ok(other) => {
+                return Err(row_err(
+                    path,
+                    &place,
+                    format!("expected a JSON object, got {}", kind(&other)),
+                ));
+            }
+            Err(e) => return Err(row_err(path, &place, format!("malformed JSON: {e}"))),
+        }
+    }
+    Ok(rows)
+}
+
+fn read_json_array(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| DataError::File {
+        path: path.into(),
+        message: format!("invalid UTF-8: {e}"),
+    })?;
+    let items: Vec<Value> = serde_json::from_str(text).map_err(|e| DataError::File {
+        path: path.into(),
+        message: format!("malformed JSON array: {e}"),
+    })?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let place = format!("item {i}");
+            match item {
+                Value::Object(fields) => Ok(RawRow { place, fields }),
+                other => Err(row_err(
+                    path,
+                    &place,
+                    format!("expected a JSON object, got {}", kind(&other)),
+                )),
+            }
+        })
+        .collect()
+}
+
+fn read_csv(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let headers = reader.headers().map_err(|e| DataError::File {
+        path: path.into(),
+        message: format!("CSV header: {e}"),
+    })?;
+    let headers: Vec<String> = headers.iter().map(String::from).collect();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let place = format!("record {}", i + 1);
+        let record = record.map_err(|e| {
+            let line = e
+                .position()
+                .map(|p| format!(" (line {})", p.line()))
+                .unwrap_or_default();
+            row_err(path, &place, format!("malformed CSV{line}: {e}"))
+        })?;
+        let fields = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, v)| (h.clone(), Value::String(v.to_string())))
+            .collect();
+        rows.push(RawRow { place, fields });
+    }
+    Ok(rows)
+}
+
+/// A JSON value's kind, for messages.
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

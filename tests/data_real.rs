@@ -1,0 +1,215 @@
+//! The preference-data path on every real file in ../shared/data, against an independent
+//! TRL-style Python implementation of the same procedure (scripts/make_data_fixture.py), with the
+//! SmolLM2 tokenizer.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::*;
+use decpo_datasets::{
+    PreferenceBatch, SplitRule, Task, TokenizeConfig, TokenizedPair, Turns, load_pairs, split,
+    tokenize_pairs,
+};
+use decpo_model::LlamaTokenizer;
+use decpo_model::weights::gguf::GgufFile;
+use serde_json::Value;
+
+fn shared_data() -> PathBuf {
+    root().join("../shared/data")
+}
+
+fn tokenizer() -> &'static LlamaTokenizer {
+    static TOK: OnceLock<LlamaTokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        LlamaTokenizer::from_gguf(&GgufFile::open(&smollm2_path()).unwrap()).unwrap()
+    })
+}
+
+fn config() -> TokenizeConfig {
+    TokenizeConfig {
+        max_prompt_length: 128,
+        max_length: 256,
+        eos_id: 2,
+    }
+}
+
+fn task_of(entry: &Value) -> Task {
+    match (entry["task"].as_str().unwrap(), entry["mode"].as_str()) {
+        ("sycophancy-caa", Some("full-text")) => Task::SycophancyCaa { full_text: true },
+        (name, _) => Task::from_name(name).unwrap(),
+    }
+}
+
+fn text(t: &Turns) -> &str {
+    match t {
+        Turns::Text(s) => s,
+        Turns::Chat(_) => panic!("expected text"),
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    ints(v).into_iter().map(|i| i as u32).collect()
+}
+
+/// numpy.percentile's default (linear interpolation between closest ranks).
+fn percentile(sorted: &[usize], q: f64) -> f64 {
+    let pos = q / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] as f64 + (sorted[hi] as f64 - sorted[lo] as f64) * (pos - lo as f64)
+}
+
+#[test]
+fn every_real_file_matches_the_python_reference() {
+    let golden = read_json("data-golden.json");
+    let mut files = 0;
+    for entry in golden["files"].as_array().unwrap() {
+        let path = shared_data().join(entry["file"].as_str().unwrap());
+        let what = format!("{} {:?}", entry["file"], entry["mode"]);
+        let loaded = load_pairs(&path, &task_of(entry), true).unwrap();
+        assert_eq!(
+            loaded.rows as u64,
+            entry["rows"].as_u64().unwrap(),
+            "{what}: rows"
+        );
+        assert_eq!(
+            loaded.pairs.len() as u64,
+            entry["pairs"].as_u64().unwrap(),
+            "{what}: pairs"
+        );
+        let invalid: serde_json::Map<String, Value> = loaded
+            .invalid
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        assert_eq!(
+            Value::Object(invalid),
+            entry["invalid"],
+            "{what}: invalid rows"
+        );
+
+        let (tokenized, report) =
+            tokenize_pairs(tokenizer(), &loaded.pairs, &config(), |_| {}).unwrap();
+        assert_eq!(
+            tokenized.len() as u64,
+            entry["kept"].as_u64().unwrap(),
+            "{what}: kept"
+        );
+        let dropped: serde_json::Map<String, Value> = report
+            .dropped
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        assert_eq!(Value::Object(dropped), entry["dropped"], "{what}: dropped");
+        assert_eq!(
+            report.prompt_not_token_prefix as u64,
+            entry["prompt_not_token_prefix"].as_u64().unwrap(),
+            "{what}: prompt not a token prefix"
+        );
+        assert_eq!(
+            report.prompt_truncated as u64,
+            entry["prompt_truncated"].as_u64().unwrap(),
+            "{what}"
+        );
+        assert_eq!(
+            report.completion_truncated as u64,
+            entry["completion_truncated"].as_u64().unwrap(),
+            "{what}"
+        );
+
+        let mut lengths: Vec<usize> = tokenized
+            .iter()
+            .map(|t| t.prompt_ids.len() + t.chosen_ids.len())
+            .collect();
+        lengths.sort();
+        for (key, q) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            let want = entry["length_percentiles"][key].as_f64().unwrap();
+            assert!(
+                (percentile(&lengths, q) - want).abs() < 1e-9,
+                "{what}: {key}"
+            );
+        }
+        for example in entry["examples"].as_array().unwrap() {
+            let place = format!(" {}", place_label(&what, &example["place"]));
+            let t = tokenized
+                .iter()
+                .find(|t| t.source.ends_with(&place))
+                .unwrap_or_else(|| panic!("{what}: no kept pair at{place}"));
+            let pair = loaded
+                .pairs
+                .iter()
+                .find(|p| p.source.ends_with(&place))
+                .unwrap();
+            assert_eq!(
+                text(&pair.prompt),
+                example["prompt"].as_str().unwrap(),
+                "{what}{place}: prompt"
+            );
+            assert_eq!(
+                text(&pair.chosen),
+                example["chosen"].as_str().unwrap(),
+                "{what}{place}: chosen"
+            );
+            assert_eq!(
+                text(&pair.rejected),
+                example["rejected"].as_str().unwrap(),
+                "{what}{place}: rejected"
+            );
+            assert_eq!(
+                t.prompt_ids,
+                ids(&example["prompt_ids"]),
+                "{what}{place}: prompt ids"
+            );
+            assert_eq!(
+                t.chosen_ids,
+                ids(&example["chosen_ids"]),
+                "{what}{place}: chosen ids"
+            );
+            assert_eq!(
+                t.rejected_ids,
+                ids(&example["rejected_ids"]),
+                "{what}{place}: rejected ids"
+            );
+        }
+        files += 1;
+    }
+    assert_eq!(files, 8);
+}
+
+fn place_label(what: &str, place: &Value) -> String {
+    let n = place.as_u64().unwrap();
+    if what.contains(".jsonl") {
+        format!("line {n}")
+    } else if what.contains(".csv") {
+        format!("record {n}")
+    } else {
+        format!("item {n}")
+    }
+}
+
+#[test]
+fn batch_and_split_match_the_python_reference() {
+    let golden = read_json("data-golden.json");
+    let path = shared_data().join("hh-rlhf/harmless-base-test.jsonl.gz");
+    let loaded = load_pairs(&path, &Task::HhRlhf, true).unwrap();
+    let (tokenized, _) = tokenize_pairs(tokenizer(), &loaded.pairs, &config(), |_| {}).unwrap();
+    let first: Vec<&TokenizedPair> = tokenized.iter().take(3).collect();
+    let batch = PreferenceBatch::new(&first, 2);
+    let want = &golden["batch"];
+    assert_eq!(batch.input_ids, ints(&want["input_ids"]));
+    assert_eq!(batch.attention_mask, ints(&want["attention_mask"]));
+    assert_eq!(batch.completion_mask, ints(&want["completion_mask"]));
+
+    let n = tokenized.len();
+    let (train, eval) = split(tokenized, SplitRule::default());
+    let s = &golden["split"]["hh-rlhf"];
+    assert_eq!(
+        (n as u64, train.len() as u64, eval.len() as u64),
+        (
+            s["n"].as_u64().unwrap(),
+            s["train"].as_u64().unwrap(),
+            s["eval"].as_u64().unwrap()
+        )
+    );
+}
