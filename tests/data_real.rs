@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use decpo_datasets::{
-    PreferenceBatch, SplitRule, Task, TokenizeConfig, TokenizedPair, Turns, load_pairs, split,
-    tokenize_pairs,
+    LengthStats, PreferenceBatch, SplitRule, Task, TokenizeConfig, TokenizedPair, Turns,
+    load_pairs, split, tokenize_pairs,
 };
 use decpo_model::LlamaTokenizer;
 use decpo_model::weights::gguf::GgufFile;
@@ -51,13 +51,6 @@ fn text(t: &Turns) -> &str {
 
 fn ids(v: &Value) -> Vec<u32> {
     ints(v).into_iter().map(|i| i as u32).collect()
-}
-
-/// numpy.percentile's default (linear interpolation between closest ranks).
-fn percentile(sorted: &[usize], q: f64) -> f64 {
-    let pos = q / 100.0 * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] as f64 + (sorted[hi] as f64 - sorted[lo] as f64) * (pos - lo as f64)
 }
 
 #[test]
@@ -118,17 +111,11 @@ fn every_real_file_matches_the_python_reference() {
             "{what}"
         );
 
-        let mut lengths: Vec<usize> = tokenized
-            .iter()
-            .map(|t| t.prompt_ids.len() + t.chosen_ids.len())
-            .collect();
-        lengths.sort();
-        for (key, q) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+        let lengths = LengthStats::of(&tokenized).unwrap().prompt_plus_chosen;
+        let got = [lengths.p50, lengths.p90, lengths.p99, lengths.max];
+        for (key, got) in ["p50", "p90", "p99", "max"].into_iter().zip(got) {
             let want = entry["length_percentiles"][key].as_f64().unwrap();
-            assert!(
-                (percentile(&lengths, q) - want).abs() < 1e-9,
-                "{what}: {key}"
-            );
+            assert!((got - want).abs() < 1e-9, "{what}: {key} {got} vs {want}");
         }
         for example in entry["examples"].as_array().unwrap() {
             let place = format!(" {}", place_label(&what, &example["place"]));
@@ -211,5 +198,33 @@ fn batch_and_split_match_the_python_reference() {
             s["train"].as_u64().unwrap(),
             s["eval"].as_u64().unwrap()
         )
+    );
+}
+
+#[test]
+fn conversational_parquet_renders_with_the_chat_template() {
+    let path = fixture("data/conversational.parquet");
+    let loaded = load_pairs(&path, &Task::Trl(Default::default()), false).unwrap();
+    assert_eq!(loaded.rows, 2);
+    let pair = &loaded.pairs[0];
+    assert_eq!(pair.source, "conversational.parquet row 0");
+    let (prompt, chosen, rejected) = decpo_datasets::tokenize::render(tokenizer(), pair).unwrap();
+    // SmolLM2's template adds its default system turn when the conversation has none.
+    let system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+    assert_eq!(
+        prompt,
+        format!("{system}<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n")
+    );
+    assert_eq!(
+        (chosen.as_str(), rejected.as_str()),
+        ("4.<|im_end|>\n", "22.<|im_end|>\n")
+    );
+    let (tokenized, report) =
+        tokenize_pairs(tokenizer(), &loaded.pairs, &config(), |_| {}).unwrap();
+    assert_eq!(report.prompt_not_token_prefix, 0);
+    let tok = tokenizer();
+    assert_eq!(
+        tok.decode(&tokenized[1].chosen_ids, false).unwrap(),
+        "Blue.<|im_end|>\n<|im_end|>"
     );
 }

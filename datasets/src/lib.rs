@@ -7,6 +7,7 @@ pub mod error;
 pub mod pair;
 pub mod read;
 pub mod split;
+pub mod summary;
 pub mod tasks;
 pub mod tokenize;
 
@@ -14,5 +15,6 @@ pub use batch::{PreferenceBatch, PreferenceTensors, epoch_batches};
 pub use error::{DataError, Result};
 pub use pair::{Invalid, PreferencePair, Turns};
 pub use split::{SplitRule, split};
+pub use summary::{LengthStats, Percentiles};
 pub use tasks::{ColumnMap, LoadedPairs, Task, load_pairs};
 pub use tokenize::{TokenizeConfig, TokenizeReport, TokenizedPair, tokenize_pairs};

@@ -22,4 +22,4 @@ pub use llama::{Llama, LlamaOutput};
 pub use logprobs::{SequenceLogps, completion_logps};
 pub use tokenizer::{ChatMessage, LlamaTokenizer};
 pub use weights::save::save_hf_dir;
-pub use weights::{Pretrained, load_pretrained};
+pub use weights::{Pretrained, load_pretrained, load_tokenizer};

@@ -239,3 +239,12 @@ impl<B: Backend> Loader<'_, B> {
         })
     }
 }
+
+/// Loads only the tokenizer of a `.gguf` file (from its metadata) or a Hugging Face directory.
+pub fn load_tokenizer(path: &Path) -> Result<LlamaTokenizer> {
+    if path.is_dir() {
+        LlamaTokenizer::from_hf_dir(path)
+    } else {
+        LlamaTokenizer::from_gguf(&gguf::GgufFile::open(path)?)
+    }
+}
