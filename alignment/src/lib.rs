@@ -1,0 +1,9 @@
+//! Preference optimisation for Llama models: the DPO family of losses and the DecPO
+//! decorrelation regularizer (arXiv 2406.17969), over any burn backend.
+
+pub mod config;
+pub mod loss;
+pub mod objective;
+
+pub use config::{LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer};
+pub use objective::{StepOutput, objective};

@@ -1,0 +1,82 @@
+//! One step's objective: policy forward (capturing the regularizer's layer), completion
+//! log-probs, preference loss against the reference log-probs, regularizer.
+
+use burn::tensor::{Int, Tensor, backend::Backend};
+use decpo_model::{Llama, completion_logps};
+
+use crate::config::ObjectiveConfig;
+use crate::loss::decorrelation::{Activations, regularizer_value};
+use crate::loss::preference::{PairLogps, preference_loss};
+
+/// A preference batch on the device: `[2B, T]` each, chosen rows first.
+#[derive(Debug, Clone)]
+pub struct BatchTensors<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub attention_mask: Tensor<B, 2, Int>,
+    pub completion_mask: Tensor<B, 2, Int>,
+}
+
+/// The objective and what is logged about it.
+#[derive(Debug, Clone)]
+pub struct StepOutput<B: Backend> {
+    /// mean_pairs L_pref + λ·L_reg, `[1]`: the tensor to differentiate.
+    pub loss: Tensor<B, 1>,
+    /// mean_pairs L_pref, `[1]`.
+    pub loss_pref: Tensor<B, 1>,
+    /// L_reg before λ, `[1]` (0 without a regularizer).
+    pub loss_reg: Tensor<B, 1>,
+    /// β·r_w and β·r_l per pair, `[B]`.
+    pub rewards_chosen: Tensor<B, 1>,
+    pub rewards_rejected: Tensor<B, 1>,
+    /// The policy's completion log-probs.
+    pub policy: PairLogps<B>,
+}
+
+/// Computes the objective of `policy` on `batch`, given the reference model's log-probs.
+pub fn objective<B: Backend>(
+    policy: &Llama<B>,
+    batch: &BatchTensors<B>,
+    reference: &PairLogps<B>,
+    config: &ObjectiveConfig,
+    logits_chunk: usize,
+) -> StepOutput<B> {
+    let capture: Vec<usize> = config.regularizer.iter().map(|r| r.layer()).collect();
+    let out = policy.forward(
+        batch.input_ids.clone(),
+        batch.attention_mask.clone(),
+        &capture,
+    );
+    let logps = completion_logps(
+        policy,
+        out.hidden,
+        batch.input_ids.clone(),
+        batch.completion_mask.clone(),
+        logits_chunk,
+    );
+    let policy_logps = PairLogps::from_rows(logps.sum, logps.mean);
+    let pref = preference_loss(&policy_logps, reference, config);
+    let loss_pref = pref.losses.mean();
+    let device = loss_pref.device();
+    let (loss, loss_reg) = match (&config.regularizer, out.up_proj.into_iter().next()) {
+        (Some(reg), Some(up_proj)) => {
+            let value = regularizer_value(
+                reg,
+                &Activations {
+                    up_proj,
+                    attention_mask: batch.attention_mask.clone(),
+                    completion_mask: batch.completion_mask.clone(),
+                },
+            );
+            (loss_pref.clone() + value.clone() * reg.lambda(), value)
+        }
+        _ => (loss_pref.clone(), Tensor::zeros([1], &device)),
+    };
+    StepOutput {
+        loss,
+        loss_pref,
+        loss_reg,
+        rewards_chosen: pref.rewards_chosen,
+        rewards_rejected: pref.rewards_rejected,
+        policy: policy_logps,
+    }
+}

@@ -1,0 +1,215 @@
+//! The DPO-family losses and the DecPO regularizer against an independent PyTorch implementation
+//! (scripts/make_loss_fixture.py): loss, rewards and parameter gradients for every loss type and
+//! regularizer mode on the tiny Llama. Also: the regularizer's gradient reaches `dec_layer`'s
+//! up_proj and the layers below it, and nothing above it.
+
+mod common;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use common::*;
+use decpo_alignment::loss::preference::PairLogps;
+use decpo_alignment::objective::BatchTensors;
+use decpo_alignment::{
+    LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer, objective,
+};
+use decpo_model::{Llama, load_pretrained};
+use serde_json::Value;
+
+fn config_of(case: &Value) -> ObjectiveConfig {
+    let case = &case["settings"];
+    let loss = match case["loss"].as_str().unwrap() {
+        "sigmoid" => LossType::Sigmoid,
+        "ipo" => LossType::Ipo,
+        "hinge" => LossType::Hinge,
+        "simpo" => LossType::Simpo,
+        "sft" => LossType::Sft,
+        other => panic!("unknown loss {other}"),
+    };
+    let reduction = match case["reduction"].as_str().unwrap_or("sum") {
+        "sum" => Reduction::Sum,
+        _ => Reduction::Mean,
+    };
+    let reg = &case["regularizer"];
+    let regularizer = (!reg.is_null()).then(|| {
+        let lambda = reg["lambda"].as_f64().unwrap();
+        let layer = reg["layer"].as_u64().unwrap() as usize;
+        let rows = match reg["rows"].as_str() {
+            Some("chosen") => RegRows::Chosen,
+            _ => RegRows::All,
+        };
+        let position = match reg["position"].as_str() {
+            Some("mean") => RegPosition::Mean,
+            _ => RegPosition::Last,
+        };
+        match reg["kind"].as_str().unwrap() {
+            "paper" => Regularizer::Paper {
+                lambda,
+                layer,
+                rows,
+                position,
+                normalize: reg["normalize"].as_bool().unwrap(),
+            },
+            "released" => Regularizer::Released { lambda, layer },
+            "l1" => Regularizer::L1 {
+                lambda,
+                layer,
+                rows,
+                position,
+            },
+            other => panic!("unknown regularizer {other}"),
+        }
+    });
+    ObjectiveConfig {
+        loss,
+        reduction,
+        beta: case["beta"].as_f64().unwrap(),
+        label_smoothing: case["label_smoothing"].as_f64().unwrap_or(0.0),
+        simpo_gamma: case["simpo_gamma"].as_f64().unwrap_or(0.2),
+        regularizer,
+    }
+}
+
+fn vec1(v: &Value) -> Tensor<AD, 1> {
+    let data = floats(v);
+    let n = data.len();
+    Tensor::from_data(TensorData::new(data, [n]), &Default::default())
+}
+
+/// Gradient of a parameter by its Hugging Face name, in PyTorch layout.
+fn grad(model: &Llama<AD>, grads: &<AD as AutodiffBackend>::Gradients, name: &str) -> Vec<f32> {
+    if name == "model.embed_tokens.weight" {
+        return to_vec(model.embed_tokens.weight.grad(grads).unwrap());
+    }
+    let rest = name.strip_prefix("model.layers.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let l = &model.layers[layer.parse::<usize>().unwrap()];
+    let linear = match part {
+        "mlp.up_proj.weight" => &l.mlp.up_proj,
+        "mlp.gate_proj.weight" => &l.mlp.gate_proj,
+        "mlp.down_proj.weight" => &l.mlp.down_proj,
+        "self_attn.q_proj.weight" => &l.self_attn.q_proj,
+        other => panic!("no gradient accessor for {other}"),
+    };
+    // burn keeps projections [in, out].
+    to_vec(linear.weight.grad(grads).unwrap().transpose())
+}
+
+struct Run {
+    loss: f32,
+    loss_pref: f32,
+    loss_reg: f32,
+    rewards_chosen: Vec<f32>,
+    rewards_rejected: Vec<f32>,
+    grads: Vec<(String, Vec<f32>)>,
+}
+
+fn run(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
+    let model = load_pretrained::<AD>(&fixture("tiny-llama"), &Default::default())
+        .unwrap()
+        .model;
+    let batch = BatchTensors {
+        input_ids: int_matrix::<AD>(&golden["batch"]["input_ids"]),
+        attention_mask: int_matrix::<AD>(&golden["batch"]["attention_mask"]),
+        completion_mask: int_matrix::<AD>(&golden["batch"]["completion_mask"]),
+    };
+    let reference = PairLogps::from_rows(
+        vec1(&golden["reference_logps"]["sum"]),
+        vec1(&golden["reference_logps"]["mean"]),
+    );
+    let out = objective(&model, &batch, &reference, config, 5);
+    let scalar = |t: Tensor<AD, 1>| to_vec(t.inner())[0];
+    let grads = out.loss.clone().backward();
+    Run {
+        loss: scalar(out.loss),
+        loss_pref: scalar(out.loss_pref),
+        loss_reg: scalar(out.loss_reg),
+        rewards_chosen: to_vec(out.rewards_chosen.inner()),
+        rewards_rejected: to_vec(out.rewards_rejected.inner()),
+        grads: grad_names
+            .iter()
+            .map(|n| (n.clone(), grad(&model, &grads, n)))
+            .collect(),
+    }
+}
+
+#[test]
+fn every_loss_and_regularizer_matches_pytorch() {
+    let golden = read_json("decpo-loss-golden.json");
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let names: Vec<String> = case["grads"].as_object().unwrap().keys().cloned().collect();
+        let r = run(&golden, &config_of(case), &names);
+        let close = |got: f32, key: &str| {
+            let want = case[key].as_f64().unwrap() as f32;
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1e-2),
+                "{name}: {key} {got} vs {want}"
+            );
+        };
+        close(r.loss, "loss");
+        close(r.loss_pref, "loss_pref");
+        close(r.loss_reg, "loss_reg");
+        assert_close_each(
+            &r.rewards_chosen,
+            &floats(&case["rewards_chosen"]),
+            1e-4,
+            &format!("{name}: rewards_chosen"),
+        );
+        assert_close_each(
+            &r.rewards_rejected,
+            &floats(&case["rewards_rejected"]),
+            1e-4,
+            &format!("{name}: rewards_rejected"),
+        );
+        for (param, got) in &r.grads {
+            let want = floats(&case["grads"][param]);
+            let e = rel_err(got, &want);
+            assert!(e < 1e-3, "{name}: gradient of {param}: relative error {e}");
+        }
+    }
+}
+
+#[test]
+fn the_regularizer_gradient_reaches_dec_layer_and_below_only() {
+    let golden = read_json("decpo-loss-golden.json");
+    let names: Vec<String> = [
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.2.mlp.up_proj.weight",
+        "model.layers.2.self_attn.q_proj.weight",
+    ]
+    .map(String::from)
+    .to_vec();
+    let plain = ObjectiveConfig::default();
+    let with = |regularizer| ObjectiveConfig {
+        regularizer: Some(regularizer),
+        ..ObjectiveConfig::default()
+    };
+    let layer = 1;
+    for reg in [
+        Regularizer::Paper {
+            lambda: 0.5,
+            layer,
+            rows: RegRows::All,
+            position: RegPosition::Last,
+            normalize: true,
+        },
+        Regularizer::Released { lambda: 0.5, layer },
+    ] {
+        let base = run(&golden, &plain, &names);
+        let reg_run = run(&golden, &with(reg), &names);
+        for ((name, a), (_, b)) in base.grads.iter().zip(&reg_run.grads) {
+            let changed = a != b;
+            let expected =
+                name.starts_with("model.layers.0.") || name == "model.layers.1.mlp.up_proj.weight";
+            assert_eq!(
+                changed, expected,
+                "{reg:?}: gradient of {name} changed = {changed}"
+            );
+        }
+    }
+}
