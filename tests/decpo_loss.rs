@@ -9,11 +9,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
-use decpo_alignment::objective::BatchTensors;
 use decpo_alignment::{
     LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer, objective,
 };
-use decpo_model::{Llama, load_pretrained};
+use decpo_model::{CompletionBatch, Llama, load_pretrained};
 use serde_json::Value;
 
 fn config_of(case: &Value) -> ObjectiveConfig {
@@ -108,7 +107,7 @@ fn run(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
     let model = load_pretrained::<AD>(&fixture("tiny-llama"), &Default::default())
         .unwrap()
         .model;
-    let batch = BatchTensors {
+    let batch = CompletionBatch {
         input_ids: int_matrix::<AD>(&golden["batch"]["input_ids"]),
         attention_mask: int_matrix::<AD>(&golden["batch"]["attention_mask"]),
         completion_mask: int_matrix::<AD>(&golden["batch"]["completion_mask"]),

@@ -1,20 +1,12 @@
 //! One step's objective: policy forward (capturing the regularizer's layer), completion
 //! log-probs, preference loss against the reference log-probs, regularizer.
 
-use burn::tensor::{Int, Tensor, backend::Backend};
-use decpo_model::{Llama, completion_logps};
+use burn::tensor::{Tensor, backend::Backend};
+use decpo_model::{CompletionBatch, Llama, completion_logps};
 
 use crate::config::ObjectiveConfig;
 use crate::loss::decorrelation::{Activations, regularizer_value};
 use crate::loss::preference::{PairLogps, preference_loss};
-
-/// A preference batch on the device: `[2B, T]` each, chosen rows first.
-#[derive(Debug, Clone)]
-pub struct BatchTensors<B: Backend> {
-    pub input_ids: Tensor<B, 2, Int>,
-    pub attention_mask: Tensor<B, 2, Int>,
-    pub completion_mask: Tensor<B, 2, Int>,
-}
 
 /// The objective and what is logged about it.
 #[derive(Debug, Clone)]
@@ -35,7 +27,7 @@ pub struct StepOutput<B: Backend> {
 /// Computes the objective of `policy` on `batch`, given the reference model's log-probs.
 pub fn objective<B: Backend>(
     policy: &Llama<B>,
-    batch: &BatchTensors<B>,
+    batch: &CompletionBatch<B>,
     reference: &PairLogps<B>,
     config: &ObjectiveConfig,
     logits_chunk: usize,

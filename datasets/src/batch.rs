@@ -1,6 +1,7 @@
 //! Batches for a DPO step: chosen rows, then rejected rows, right-padded.
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use decpo_model::CompletionBatch;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -21,14 +22,6 @@ pub struct PreferenceBatch {
     pub attention_mask: Vec<i64>,
     /// `[2B, T]`, 1 on completion tokens (EOS included), 0 on prompt and padding.
     pub completion_mask: Vec<i64>,
-}
-
-/// The same, as tensors on a device.
-#[derive(Debug, Clone)]
-pub struct PreferenceTensors<B: Backend> {
-    pub input_ids: Tensor<B, 2, Int>,
-    pub attention_mask: Tensor<B, 2, Int>,
-    pub completion_mask: Tensor<B, 2, Int>,
 }
 
 impl PreferenceBatch {
@@ -56,10 +49,11 @@ impl PreferenceBatch {
         batch
     }
 
-    pub fn to_tensors<B: Backend>(&self, device: &B::Device) -> PreferenceTensors<B> {
+    /// The batch on `device`.
+    pub fn to_tensors<B: Backend>(&self, device: &B::Device) -> CompletionBatch<B> {
         let shape = [2 * self.pairs, self.seq];
         let t = |v: &Vec<i64>| Tensor::from_data(TensorData::new(v.clone(), shape), device);
-        PreferenceTensors {
+        CompletionBatch {
             input_ids: t(&self.input_ids),
             attention_mask: t(&self.attention_mask),
             completion_mask: t(&self.completion_mask),

@@ -11,7 +11,7 @@ pub mod summary;
 pub mod tasks;
 pub mod tokenize;
 
-pub use batch::{PreferenceBatch, PreferenceTensors, epoch_batches};
+pub use batch::{PreferenceBatch, epoch_batches};
 pub use error::{DataError, Result};
 pub use pair::{Invalid, PreferencePair, Turns};
 pub use split::{SplitRule, split};

@@ -19,7 +19,7 @@ pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use generate::{SamplingConfig, generate};
 pub use llama::{Llama, LlamaOutput};
-pub use logprobs::{SequenceLogps, completion_logps};
+pub use logprobs::{CompletionBatch, SequenceLogps, completion_logps};
 pub use tokenizer::{ChatMessage, LlamaTokenizer};
 pub use weights::save::save_hf_dir;
 pub use weights::{Pretrained, load_pretrained, load_tokenizer};

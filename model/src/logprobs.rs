@@ -4,6 +4,17 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::llama::Llama;
 
+/// A right-padded batch of sequences with their completion tokens marked, `[rows, seq]` each: the
+/// input of a preference step (rows `0..B` chosen, `B..2B` rejected).
+#[derive(Debug, Clone)]
+pub struct CompletionBatch<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    /// 1 on real tokens, 0 on padding.
+    pub attention_mask: Tensor<B, 2, Int>,
+    /// 1 on completion tokens, 0 on prompt and padding.
+    pub completion_mask: Tensor<B, 2, Int>,
+}
+
 /// Per-sequence log-probabilities of the completion tokens.
 #[derive(Debug, Clone)]
 pub struct SequenceLogps<B: Backend> {
