@@ -4,6 +4,7 @@
 //! cargo run --release --bin train -- --task hh-rlhf \
 //!     --data ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --dry-run
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
@@ -108,7 +109,7 @@ fn cache_dir(args: &Args) -> PathBuf {
 struct FileData {
     path: PathBuf,
     rows: usize,
-    invalid: Vec<(String, usize)>,
+    invalid: BTreeMap<String, usize>,
     pairs: Vec<TokenizedPair>,
     report: TokenizeReport,
     cached: bool,
@@ -152,7 +153,7 @@ fn prepare_file(
     Ok(FileData {
         path: path.into(),
         rows: loaded.rows,
-        invalid: loaded.invalid.into_iter().collect(),
+        invalid: loaded.invalid,
         pairs,
         report,
         cached,
@@ -160,39 +161,25 @@ fn prepare_file(
     })
 }
 
+/// "reason: n, ..." or "none".
+fn counts(by_reason: &BTreeMap<String, usize>) -> String {
+    if by_reason.is_empty() {
+        return "none".into();
+    }
+    let parts: Vec<String> = by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    parts.join(", ")
+}
+
 fn print_file(out: &mut String, f: &FileData, pairs_in: usize) -> std::fmt::Result {
     writeln!(out, "{}", f.path.display())?;
-    let invalid: Vec<String> = f.invalid.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    let dropped: Vec<String> = f
-        .report
-        .dropped
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
     writeln!(out, "  rows read            {}", f.rows)?;
-    writeln!(
-        out,
-        "  invalid rows         {}",
-        if invalid.is_empty() {
-            "none".into()
-        } else {
-            invalid.join(", ")
-        }
-    )?;
+    writeln!(out, "  invalid rows         {}", counts(&f.invalid))?;
     writeln!(
         out,
         "  pairs kept           {} of {pairs_in}",
         f.pairs.len()
     )?;
-    writeln!(
-        out,
-        "  dropped              {}",
-        if dropped.is_empty() {
-            "none".into()
-        } else {
-            dropped.join(", ")
-        }
-    )?;
+    writeln!(out, "  dropped              {}", counts(&f.report.dropped))?;
     writeln!(
         out,
         "  prompt not a token prefix of prompt+completion: {}",
