@@ -120,17 +120,14 @@ fn prepare_file(
     args: &Args,
     task: &Task,
     tok: &LlamaTokenizer,
+    tokenizer_json: &str,
     config: &TokenizeConfig,
     path: &Path,
 ) -> anyhow::Result<FileData> {
     let start = Instant::now();
     let loaded = load_pairs(path, task, args.skip_invalid)?;
     let settings = format!("{task:?} {config:?}");
-    let tokenizer_json = tok
-        .inner
-        .to_string(false)
-        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-    let cache_file = cache::cache_path(&cache_dir(args), path, &tokenizer_json, &settings)?;
+    let cache_file = cache::cache_path(&cache_dir(args), path, tokenizer_json, &settings)?;
     let (pairs, report, cached) = match cache::load(&cache_file) {
         Some((pairs, report)) => (pairs, report, true),
         None => {
@@ -223,6 +220,11 @@ fn main() -> anyhow::Result<()> {
         max_length: args.max_length,
         eos_id,
     };
+    // The cache key includes the whole tokenizer; serialise it once for all files.
+    let tokenizer_json = tok
+        .inner
+        .to_string(false)
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let rule = match args.split {
         SplitKind::FileOrder => SplitRule::FileOrder {
             eval_fraction: args.eval_fraction,
@@ -241,7 +243,7 @@ fn main() -> anyhow::Result<()> {
         .map(|p| (p, false))
         .chain(args.eval_data.iter().map(|p| (p, true)))
     {
-        let f = prepare_file(&args, &task, &tok, &config, path)?;
+        let f = prepare_file(&args, &task, &tok, &tokenizer_json, &config, path)?;
         let pairs_in = f.pairs.len() + f.report.dropped.values().sum::<usize>();
         print_file(&mut out, &f, pairs_in)?;
         example = example.or_else(|| f.pairs.first().cloned());

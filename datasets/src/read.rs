@@ -84,14 +84,7 @@ fn read_json_lines(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
             continue;
         }
         match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(fields)) => rows.push(RawRow { place, fields }),
-            Ok(other) => {
-                return Err(row_err(
-                    path,
-                    &place,
-                    format!("expected a JSON object, got {}", kind(&other)),
-                ));
-            }
+            Ok(value) => rows.push(object_row(path, place, value)?),
             Err(e) => return Err(row_err(path, &place, format!("malformed JSON: {e}"))),
         }
     }
@@ -110,17 +103,7 @@ fn read_json_array(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| {
-            let place = format!("item {i}");
-            match item {
-                Value::Object(fields) => Ok(RawRow { place, fields }),
-                other => Err(row_err(
-                    path,
-                    &place,
-                    format!("expected a JSON object, got {}", kind(&other)),
-                )),
-            }
-        })
+        .map(|(i, item)| object_row(path, format!("item {i}"), item))
         .collect()
 }
 
@@ -172,16 +155,21 @@ fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
         .map(|(i, row)| {
             let place = format!("row {i}");
             let row = row.map_err(|e| row_err(path, &place, format!("Parquet: {e}")))?;
-            match row.to_json_value() {
-                Value::Object(fields) => Ok(RawRow { place, fields }),
-                other => Err(row_err(
-                    path,
-                    &place,
-                    format!("expected a record, got {}", kind(&other)),
-                )),
-            }
+            object_row(path, place, row.to_json_value())
         })
         .collect()
+}
+
+/// A row from a value that must be an object (a JSON object, a Parquet record).
+fn object_row(path: &Path, place: String, value: Value) -> Result<RawRow> {
+    match value {
+        Value::Object(fields) => Ok(RawRow { place, fields }),
+        other => Err(row_err(
+            path,
+            &place,
+            format!("expected an object, got {}", kind(&other)),
+        )),
+    }
 }
 
 /// A JSON value's kind, for messages.

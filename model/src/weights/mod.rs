@@ -178,6 +178,18 @@ pub fn load_llama<B: Backend>(
     ))
 }
 
+/// The transpose of a row-major `[rows, cols]` matrix: PyTorch keeps projections `[out, in]`,
+/// burn `[in, out]`.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
 struct Loader<'a, B: Backend> {
     source: &'a dyn TensorSource,
     device: &'a B::Device,
@@ -219,12 +231,7 @@ impl<B: Backend> Loader<'_, B> {
     /// A projection stored `[d_out, d_in]` (PyTorch) becomes burn's `[d_in, d_out]`.
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         let t = self.take(name, [d_out, d_in])?;
-        let mut data = vec![0f32; t.data.len()];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                data[i * d_out + o] = t.data[o * d_in + i];
-            }
-        }
+        let data = transpose(&t.data, d_out, d_in);
         let weight = Tensor::from_data(TensorData::new(data, [d_in, d_out]), self.device);
         Ok(Linear {
             weight: Param::from_tensor(weight),

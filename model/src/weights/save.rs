@@ -10,6 +10,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
+use super::transpose;
 use crate::error::{ModelError, Result, io_err};
 use crate::llama::Llama;
 use crate::tokenizer::LlamaTokenizer;
@@ -40,13 +41,11 @@ fn projection<B: Backend>(name: String, l: &Linear<B>) -> Named {
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("f32 after convert");
-    let mut out = vec![0f32; values.len()];
-    for i in 0..d_in {
-        for o in 0..d_out {
-            out[o * d_in + i] = values[i * d_out + o];
-        }
-    }
-    (name, vec![d_out, d_in], bytes_of(&out))
+    (
+        name,
+        vec![d_out, d_in],
+        bytes_of(&transpose(&values, d_in, d_out)),
+    )
 }
 
 /// The model's tensors under Hugging Face names.
