@@ -1,301 +1,534 @@
-//! `train`: DPO/DecPO training. This version prepares and inspects the data (`--dry-run`); the
-//! training loop itself is not written yet.
+//! `train`: DPO / DecPO training of a Llama model on preference pairs, on burn-train (dashboard
+//! on a terminal, plain lines otherwise), with checkpoints, resume and a Hugging Face export.
 //!
-//! cargo run --release --bin train -- --task hh-rlhf \
-//!     --data ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --dry-run
+//! cargo run --release --bin train                      # the embedded default job (CPU, minutes)
+//! cargo run --release --bin train -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --task hh-rlhf --data ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --skip-invalid
+//! cargo run --release --bin train -- --config run.toml --print-config
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+mod backend;
+#[path = "train/embedded.rs"]
+mod embedded;
+#[path = "train/prep.rs"]
+mod prep;
+
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
-use decpo_datasets::cache;
-use decpo_datasets::{
-    ColumnMap, LengthStats, SplitRule, Task, TokenizeConfig, TokenizeReport, TokenizedPair,
-    load_pairs, split, tokenize_pairs,
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::Parser;
+use decpo_alignment::measure::fd_per_layer;
+use decpo_alignment::train::data::PairSet;
+use decpo_alignment::train::run::describe;
+use decpo_alignment::train::session::{ReferenceMode, RunSpec, TrainSettings, evaluate, train};
+use decpo_alignment::train::step::{StepSettings, StepValues};
+use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
+use decpo_datasets::TokenizedPair;
+use decpo_model::{
+    Llama, LlamaTokenizer, LoraConfig, load_pretrained, save_hf_dir, save_lora_adapters,
 };
-use decpo_model::{LlamaTokenizer, load_tokenizer};
-use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SplitKind {
-    /// The authors' rule: the first part of each file trains, the rest evaluates.
-    FileOrder,
-    /// A seeded shuffle of each file before the same cut.
-    Shuffle,
+use crate::backend::{Autodiff, device};
+
+/// An SFT phase on the chosen completions before preference optimisation (so the reference of a
+/// model that was never instruction-tuned is not random).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftPhase {
+    steps: usize,
+    learning_rate: f64,
+}
+
+/// The whole configuration of a run: a TOML file, then flags on top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RunConfig {
+    /// GGUF file or Hugging Face directory; absent = the embedded small Llama.
+    model: Option<PathBuf>,
+    /// Run directory: checkpoints, logs, the exported model.
+    out: PathBuf,
+    /// `f32`, or `bf16` (CUDA only).
+    dtype: String,
+    data: prep::DataConfig,
+    sft: Option<SftPhase>,
+    objective: ObjectiveConfig,
+    /// LoRA adapters; absent = full fine-tuning.
+    lora: Option<LoraConfig>,
+    train: TrainSettings,
+}
+
+impl Default for RunConfig {
+    /// The authors' setup (SPEC section 5): LoRA r 8 / α 16 on q, v, up; β 0.1; DecPO with the
+    /// paper's λ at layer ⌊n/3⌋ (set when the model's depth is known).
+    fn default() -> Self {
+        Self {
+            model: None,
+            out: PathBuf::from("runs/decpo"),
+            dtype: "f32".into(),
+            data: prep::DataConfig::default(),
+            sft: None,
+            objective: ObjectiveConfig::default(),
+            lora: Some(LoraConfig::new()),
+            train: TrainSettings::default(),
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "DPO/DecPO training of a Llama model on preference pairs")]
+#[command(about = "DPO / DecPO training of a Llama model on preference pairs")]
 struct Args {
+    /// TOML configuration (see --print-config for every field); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Prepare and summarise the data, then exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Continue from the newest complete checkpoint in the run directory.
+    #[arg(long)]
+    resume: bool,
+    /// Run directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model: GGUF file or Hugging Face directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// f32, or bf16 (CUDA only).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, sycophancy-caa-full-text,
     /// sycophancy-anthropic, toxicity-pairs.
     #[arg(long)]
-    task: String,
-    /// Preference files (JSONL, JSON, CSV, optionally gzipped); each is split on its own.
-    #[arg(long, required = true, num_args = 1..)]
+    task: Option<String>,
+    /// Preference files (JSONL, JSON, CSV, Parquet, optionally gzipped); each is split on its own.
+    #[arg(long, num_args = 1..)]
     data: Vec<PathBuf>,
     /// Evaluation files; when given, all of --data trains.
     #[arg(long, num_args = 1..)]
     eval_data: Vec<PathBuf>,
-    /// Model (GGUF file or Hugging Face directory); only its tokenizer is read for --dry-run.
-    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
-    model: PathBuf,
-    /// Prompt column for --task trl.
-    #[arg(long, default_value = "prompt")]
-    prompt_column: String,
-    /// Chosen column for --task trl.
-    #[arg(long, default_value = "chosen")]
-    chosen_column: String,
-    /// Rejected column for --task trl.
-    #[arg(long, default_value = "rejected")]
-    rejected_column: String,
+    #[arg(long)]
+    prompt_column: Option<String>,
+    #[arg(long)]
+    chosen_column: Option<String>,
+    #[arg(long)]
+    rejected_column: Option<String>,
     /// Skip and count invalid rows instead of stopping at the first.
     #[arg(long)]
     skip_invalid: bool,
-    /// Longest prompt kept (its end) when a pair is too long.
-    #[arg(long, default_value_t = 128)]
-    max_prompt_length: usize,
-    /// Longest prompt + completion (completions keep their start).
-    #[arg(long, default_value_t = 256)]
-    max_length: usize,
-    #[arg(long, value_enum, default_value_t = SplitKind::FileOrder)]
-    split: SplitKind,
-    /// Fraction of each file held out for evaluation.
-    #[arg(long, default_value_t = 0.1)]
-    eval_fraction: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Where tokenized data is cached (default: ~/.cache/decpo).
+    #[arg(long)]
+    max_prompt_length: Option<usize>,
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long, value_enum)]
+    split: Option<prep::SplitKind>,
+    #[arg(long)]
+    eval_fraction: Option<f64>,
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Print the dataset summary and exit.
+    /// sigmoid, ipo, hinge, simpo, sft.
     #[arg(long)]
-    dry_run: bool,
+    loss: Option<String>,
+    #[arg(long)]
+    beta: Option<f64>,
+    /// paper, released, l1 or none.
+    #[arg(long)]
+    regularizer: Option<String>,
+    /// Regularizer weight λ.
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Layer of the regularized up_proj (0-based).
+    #[arg(long)]
+    dec_layer: Option<usize>,
+    /// Full fine-tuning instead of LoRA.
+    #[arg(long)]
+    no_lora: bool,
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Pairs per micro-batch.
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    accumulation: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Optimizer steps between evaluations and checkpoints.
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// precomputed, frozen or lora-off.
+    #[arg(long)]
+    reference: Option<String>,
+    /// Steps of SFT before preference optimisation (0 = none).
+    #[arg(long)]
+    sft_steps: Option<usize>,
 }
 
-fn task(args: &Args) -> anyhow::Result<Task> {
-    let mut task = Task::from_name(&args.task).with_context(|| {
-        format!(
-            "unknown --task `{}` (one of: {})",
-            args.task,
-            Task::NAMES.join(", ")
-        )
-    })?;
-    if let Task::Trl(map) = &mut task {
-        *map = ColumnMap {
-            prompt: args.prompt_column.clone(),
-            chosen: args.chosen_column.clone(),
-            rejected: args.rejected_column.clone(),
+fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Result<T> {
+    serde_json::from_value(serde_json::Value::String(value.into()))
+        .map_err(|_| anyhow::anyhow!("--{flag}: unknown value `{value}`"))
+}
+
+/// The configuration: embedded default job, or a file, or the authors' defaults; then flags.
+fn config(args: &Args) -> anyhow::Result<RunConfig> {
+    let mut c = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None if args.model.is_none() && args.data.is_empty() => embedded::config(),
+        None => RunConfig::default(),
+    };
+    let d = &mut c.data;
+    macro_rules! set {
+        ($dst:expr, $src:expr) => {
+            if let Some(v) = $src.clone() {
+                $dst = v;
+            }
         };
     }
-    Ok(task)
+    set!(c.out, args.out);
+    if args.model.is_some() {
+        c.model = args.model.clone();
+    }
+    set!(c.dtype, args.dtype);
+    set!(d.task, args.task);
+    if !args.data.is_empty() {
+        d.files = args.data.clone();
+    }
+    if !args.eval_data.is_empty() {
+        d.eval_files = args.eval_data.clone();
+    }
+    set!(d.prompt_column, args.prompt_column);
+    set!(d.chosen_column, args.chosen_column);
+    set!(d.rejected_column, args.rejected_column);
+    d.skip_invalid |= args.skip_invalid;
+    set!(d.max_prompt_length, args.max_prompt_length);
+    set!(d.max_length, args.max_length);
+    set!(d.split, args.split);
+    set!(d.eval_fraction, args.eval_fraction);
+    if args.cache_dir.is_some() {
+        d.cache_dir = args.cache_dir.clone();
+    }
+    let o = &mut c.objective;
+    if let Some(l) = &args.loss {
+        o.loss = parse_enum("loss", l)?;
+    }
+    set!(o.beta, args.beta);
+    let t = &mut c.train;
+    set!(t.learning_rate, args.learning_rate);
+    set!(t.epochs, args.epochs);
+    if args.max_steps.is_some() {
+        t.max_steps = args.max_steps;
+    }
+    set!(t.micro_batch, args.micro_batch);
+    set!(t.accumulation, args.accumulation);
+    set!(t.seed, args.seed);
+    set!(t.save_every, args.save_every);
+    if let Some(r) = &args.reference {
+        t.reference = parse_enum::<ReferenceMode>("reference", r)?;
+    }
+    if args.no_lora {
+        c.lora = None;
+    }
+    if let (Some(r), Some(l)) = (args.lora_rank, &mut c.lora) {
+        l.rank = r;
+    }
+    if let Some(steps) = args.sft_steps {
+        c.sft = match (steps, c.sft.take()) {
+            (0, _) => None,
+            (steps, Some(s)) => Some(SftPhase { steps, ..s }),
+            (steps, None) => Some(SftPhase {
+                steps,
+                learning_rate: 1e-4,
+            }),
+        };
+    }
+    Ok(c)
 }
 
-fn cache_dir(args: &Args) -> PathBuf {
-    args.cache_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| PathBuf::from(".cache"))
-            .join("decpo")
-    })
+/// Applies the regularizer flags once the model's depth is known (the default layer is ⌊n/3⌋).
+fn regularizer(args: &Args, c: &mut RunConfig, n_layers: usize) -> anyhow::Result<()> {
+    let o = &mut c.objective;
+    if let Some(kind) = &args.regularizer {
+        o.regularizer = match kind.as_str() {
+            "none" => None,
+            "paper" => Some(Regularizer::paper(n_layers)),
+            "released" => Some(Regularizer::Released {
+                lambda: 1e-3,
+                layer: n_layers / 3,
+            }),
+            "l1" => Some(Regularizer::L1 {
+                lambda: 1e-4,
+                layer: n_layers / 3,
+                rows: decpo_alignment::RegRows::All,
+                position: decpo_alignment::RegPosition::Last,
+            }),
+            other => bail!("--regularizer: unknown value `{other}` (paper, released, l1, none)"),
+        };
+    } else if args.config.is_none() && o.regularizer.is_none() && o.loss == LossType::Sigmoid {
+        // DecPO is the default method.
+        o.regularizer = Some(Regularizer::paper(n_layers));
+    }
+    if let Some(reg) = &mut o.regularizer {
+        let (l, lam) = match reg {
+            Regularizer::Paper { layer, lambda, .. }
+            | Regularizer::Released { layer, lambda }
+            | Regularizer::L1 { layer, lambda, .. } => (layer, lambda),
+        };
+        if let Some(v) = args.dec_layer {
+            *l = v;
+        }
+        if let Some(v) = args.lambda {
+            *lam = v;
+        }
+    }
+    Ok(())
 }
 
-/// Everything read from one file.
-struct FileData {
-    path: PathBuf,
-    rows: usize,
-    invalid: BTreeMap<String, usize>,
-    pairs: Vec<TokenizedPair>,
-    report: TokenizeReport,
-    cached: bool,
-    secs: f64,
+fn pair_set(pairs: Vec<TokenizedPair>, tok: &LlamaTokenizer) -> PairSet {
+    let pad_id = tok
+        .pad_token
+        .as_deref()
+        .or(tok.eos_token.as_deref())
+        .and_then(|t| tok.token_to_id(t))
+        .unwrap_or(0);
+    PairSet {
+        pairs,
+        pad_id,
+        reference: None,
+    }
 }
 
-fn prepare_file(
+/// FD of every layer over the eval prompts.
+fn layer_fd<B: Backend>(model: &Llama<B>, set: &PairSet, device: &B::Device) -> Vec<f64> {
+    let prompts: Vec<Vec<u32>> = set.pairs.iter().map(|p| p.prompt_ids.clone()).collect();
+    fd_per_layer(model, &prompts, set.pad_id, 32, device)
+}
+
+#[derive(Serialize)]
+struct Summary {
+    model: String,
+    steps: usize,
+    seconds: f64,
+    eval_before: StepValues,
+    eval_after: StepValues,
+    fd_before: Vec<f64>,
+    fd_after: Vec<f64>,
+    checkpoints: PathBuf,
+    exported: PathBuf,
+    adapters: Option<PathBuf>,
+}
+
+fn run<B: AutodiffBackend>(
     args: &Args,
-    task: &Task,
-    tok: &LlamaTokenizer,
-    tokenizer_json: &str,
-    config: &TokenizeConfig,
-    path: &Path,
-) -> anyhow::Result<FileData> {
-    let start = Instant::now();
-    let loaded = load_pairs(path, task, args.skip_invalid)?;
-    let settings = format!("{task:?} {config:?}");
-    let cache_file = cache::cache_path(&cache_dir(args), path, tokenizer_json, &settings)?;
-    let (pairs, report, cached) = match cache::load(&cache_file) {
-        Some((pairs, report)) => (pairs, report, true),
+    mut c: RunConfig,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let (model, tok, model_name): (Llama<B>, LlamaTokenizer, String) = match &c.model {
+        Some(path) => {
+            let p = load_pretrained::<B>(path, device)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let tok = p
+                .tokenizer
+                .with_context(|| format!("{} has no tokenizer (tokenizer.json)", path.display()))?;
+            (p.model, tok, path.display().to_string())
+        }
         None => {
-            let bar = if std::io::stderr().is_terminal() {
-                ProgressBar::new(loaded.pairs.len() as u64)
-            } else {
-                ProgressBar::hidden()
-            };
-            bar.set_style(
-                ProgressStyle::with_template("tokenizing {pos}/{len} {wide_bar} {eta}")
-                    .expect("valid template"),
-            );
-            let (pairs, report) =
-                tokenize_pairs(tok, &loaded.pairs, config, |n| bar.set_position(n as u64))?;
-            bar.finish_and_clear();
-            cache::store(&cache_file, &pairs, &report)?;
-            (pairs, report, false)
+            let (m, t) = embedded::model::<B>(&c.out, c.train.seed, device)?;
+            (m, t, "embedded sort-digits Llama".into())
         }
     };
-    Ok(FileData {
-        path: path.into(),
-        rows: loaded.rows,
-        invalid: loaded.invalid,
-        pairs,
-        report,
-        cached,
-        secs: start.elapsed().as_secs_f64(),
-    })
-}
-
-/// "reason: n, ..." or "none".
-fn counts(by_reason: &BTreeMap<String, usize>) -> String {
-    if by_reason.is_empty() {
-        return "none".into();
+    let n_layers = model.config.num_hidden_layers;
+    regularizer(args, &mut c, n_layers)?;
+    if c.model.is_none() && c.data.files.is_empty() {
+        c.data.files = vec![embedded::data(&c.out)?];
     }
-    let parts: Vec<String> = by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    parts.join(", ")
+    if args.print_config {
+        print!("{}", toml::to_string(&c)?);
+        return Ok(());
+    }
+    c.objective.validate(n_layers).map_err(anyhow::Error::msg)?;
+    let eos = prep::eos_id(&tok, &model_name)?;
+    let prepared = prep::prepare(&c.data, &tok, eos, c.train.seed)?;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(prepared.summary.as_bytes());
+    if args.dry_run {
+        return Ok(());
+    }
+    let train_set = pair_set(prepared.train, &tok);
+    let eval_set = pair_set(prepared.eval, &tok);
+    let dashboard = std::io::stdout().is_terminal();
+
+    // Phase 1 (optional): SFT on the chosen completions, full weights or adapters merged after.
+    let mut policy = model;
+    if let Some(sft) = &c.sft {
+        let objective = ObjectiveConfig {
+            loss: LossType::Sft,
+            regularizer: None,
+            ..c.objective.clone()
+        };
+        let settings = TrainSettings {
+            learning_rate: sft.learning_rate,
+            max_steps: Some(sft.steps),
+            epochs: usize::MAX / 2,
+            save_every: sft.steps,
+            ..c.train.clone()
+        };
+        eprintln!("SFT: {} steps", sft.steps);
+        let dir = c.out.join("sft");
+        let result = train(
+            policy,
+            train_set.clone(),
+            eval_set.clone(),
+            &RunSpec {
+                objective: &objective,
+                train: &settings,
+                lora: c.lora.as_ref(),
+                dir: &dir,
+                resume: args.resume,
+                dashboard,
+                model_key: &format!("{model_name} sft"),
+            },
+            device,
+        )
+        .map_err(anyhow::Error::msg)?;
+        policy = Llama::from_inner(result.policy.merge_lora());
+    }
+
+    // Phase 2: preference optimisation.
+    let initial = policy.valid();
+    let inner_device = initial.embed_tokens.weight.device();
+    let step_settings = StepSettings {
+        objective: c.objective.clone(),
+        logits_chunk: c.train.logits_chunk,
+        max_grad_norm: None,
+    };
+    let eval_before = evaluate(
+        &initial,
+        &initial,
+        &eval_set,
+        &step_settings,
+        c.train.micro_batch,
+        &inner_device,
+    );
+    let fd_before = layer_fd(&initial, &eval_set, &inner_device);
+    let dir = c.out.join("decpo");
+    let key = format!(
+        "{model_name} sft={:?} seed={}",
+        c.sft.as_ref().map(|s| s.steps),
+        c.train.seed
+    );
+    let result = train(
+        policy,
+        train_set,
+        eval_set.clone(),
+        &RunSpec {
+            objective: &c.objective,
+            train: &c.train,
+            lora: c.lora.as_ref(),
+            dir: &dir,
+            resume: args.resume,
+            dashboard,
+            model_key: &key,
+        },
+        device,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let trained = result.policy;
+    let eval_after = evaluate(
+        &trained,
+        &initial,
+        &eval_set,
+        &step_settings,
+        c.train.micro_batch,
+        &inner_device,
+    );
+    let fd_after = layer_fd(&trained, &eval_set, &inner_device);
+
+    let exported = c.out.join("model");
+    save_hf_dir(&trained.merge_lora(), Some(&tok), &exported)?;
+    let adapters = match &c.lora {
+        Some(l) => {
+            let dir = c.out.join("adapters");
+            save_lora_adapters(&trained, l, &model_name, &dir)?;
+            Some(dir)
+        }
+        None => None,
+    };
+    let summary = Summary {
+        model: model_name,
+        steps: result.report.steps_done,
+        seconds: result.report.seconds,
+        eval_before,
+        eval_after,
+        fd_before,
+        fd_after,
+        checkpoints: dir.join("checkpoint"),
+        exported,
+        adapters,
+    };
+    let path = c.out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    print_summary(&summary, result.resumed_from, &path);
+    Ok(())
 }
 
-fn print_file(out: &mut String, f: &FileData, pairs_in: usize) -> std::fmt::Result {
-    writeln!(out, "{}", f.path.display())?;
-    writeln!(out, "  rows read            {}", f.rows)?;
-    writeln!(out, "  invalid rows         {}", counts(&f.invalid))?;
-    writeln!(
-        out,
-        "  pairs kept           {} of {pairs_in}",
-        f.pairs.len()
-    )?;
-    writeln!(out, "  dropped              {}", counts(&f.report.dropped))?;
-    writeln!(
-        out,
-        "  prompt not a token prefix of prompt+completion: {}",
-        f.report.prompt_not_token_prefix
-    )?;
-    writeln!(
-        out,
-        "  truncated            prompts {}, completions {}",
-        f.report.prompt_truncated, f.report.completion_truncated
-    )?;
-    let how = if f.cached {
-        "from the cache".to_string()
-    } else {
-        format!("{:.0} pairs/s", pairs_in as f64 / f.secs)
+fn print_summary(s: &Summary, resumed_from: Option<usize>, path: &Path) {
+    println!("\n== DecPO run: {} ==", s.model);
+    if let Some(k) = resumed_from {
+        println!("resumed from checkpoint {k}");
+    }
+    println!("{} optimizer steps in {:.1} s", s.steps, s.seconds);
+    println!(
+        "held-out pairs ({}), against the reference:",
+        s.eval_after.pairs
+    );
+    println!("  before: {}", describe(&s.eval_before));
+    println!("  after:  {}", describe(&s.eval_after));
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.4}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    writeln!(out, "  prepared in          {:.2} s ({how})", f.secs)?;
-    Ok(())
+    println!("FD per layer (held-out prompts, last token of up_proj):");
+    println!("  before: {}", fmt(&s.fd_before));
+    println!("  after:  {}", fmt(&s.fd_after));
+    println!("checkpoints: {}", s.checkpoints.display());
+    println!(
+        "exported model (Hugging Face, LoRA merged): {}",
+        s.exported.display()
+    );
+    if let Some(a) = &s.adapters {
+        println!("LoRA adapters (PEFT layout): {}", a.display());
+    }
+    println!("summary: {}", path.display());
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !(0.0..1.0).contains(&args.eval_fraction) {
+    let c = config(&args)?;
+    if c.dtype != "f32" {
         bail!(
-            "--eval-fraction must be in [0, 1), got {}",
-            args.eval_fraction
+            "--dtype {}: this build trains in f32 on {}; bf16 needs the CUDA backend (issue 6)",
+            c.dtype,
+            backend::name()
         );
     }
-    if args.max_prompt_length == 0 || args.max_length < 2 {
-        bail!("--max-prompt-length must be >= 1 and --max-length >= 2");
-    }
-    let task = task(&args)?;
-    let tok = load_tokenizer(&args.model)
-        .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
-    let eos_id = tok
-        .eos_token
-        .as_deref()
-        .and_then(|t| tok.token_to_id(t))
-        .with_context(|| format!("{} has no EOS token", args.model.display()))?;
-    let config = TokenizeConfig {
-        max_prompt_length: args.max_prompt_length,
-        max_length: args.max_length,
-        eos_id,
-    };
-    // The cache key includes the whole tokenizer; serialise it once for all files.
-    let tokenizer_json = tok
-        .inner
-        .to_string(false)
-        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-    let rule = match args.split {
-        SplitKind::FileOrder => SplitRule::FileOrder {
-            eval_fraction: args.eval_fraction,
-        },
-        SplitKind::Shuffle => SplitRule::Shuffled {
-            eval_fraction: args.eval_fraction,
-            seed: args.seed,
-        },
-    };
-    let mut out = String::new();
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    let mut example = None;
-    for (path, is_eval) in args
-        .data
-        .iter()
-        .map(|p| (p, false))
-        .chain(args.eval_data.iter().map(|p| (p, true)))
-    {
-        let f = prepare_file(&args, &task, &tok, &tokenizer_json, &config, path)?;
-        let pairs_in = f.pairs.len() + f.report.dropped.values().sum::<usize>();
-        print_file(&mut out, &f, pairs_in)?;
-        example = example.or_else(|| f.pairs.first().cloned());
-        if is_eval {
-            eval.extend(f.pairs);
-        } else if args.eval_data.is_empty() {
-            let (t, e) = split(f.pairs, rule);
-            train.extend(t);
-            eval.extend(e);
-        } else {
-            train.extend(f.pairs);
-        }
-    }
-    writeln!(
-        out,
-        "train pairs {}, eval pairs {}",
-        train.len(),
-        eval.len()
-    )?;
-    let all: Vec<TokenizedPair> = train.iter().chain(&eval).cloned().collect();
-    if let Some(stats) = LengthStats::of(&all) {
-        for (name, p) in [
-            ("prompt", stats.prompt),
-            ("chosen", stats.chosen),
-            ("rejected", stats.rejected),
-            ("prompt+chosen", stats.prompt_plus_chosen),
-        ] {
-            writeln!(
-                out,
-                "  tokens {name:14} p50 {:6.1}  p90 {:6.1}  p99 {:6.1}  max {:4}",
-                p.p50, p.p90, p.p99, p.max
-            )?;
-        }
-    }
-    if let Some(t) = example {
-        writeln!(out, "example ({}), prompt ⟦ completion ⟧:", t.source)?;
-        let prompt = tok.decode(&t.prompt_ids, false)?;
-        writeln!(
-            out,
-            "  chosen:   {prompt}⟦{}⟧",
-            tok.decode(&t.chosen_ids, false)?
-        )?;
-        writeln!(
-            out,
-            "  rejected: {prompt}⟦{}⟧",
-            tok.decode(&t.rejected_ids, false)?
-        )?;
-    }
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    if !args.dry_run {
-        bail!("training is not implemented yet: only --dry-run works in this version");
-    }
-    Ok(())
+    let device = device();
+    run::<Autodiff>(&args, c, &device)
 }

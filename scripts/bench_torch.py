@@ -4,33 +4,84 @@
 Makes: nothing on disk; prints ONE JSON line per case to stdout:
   {"impl":"pytorch","config":"tiny"|"smollm2-135m","batch":B,"seq":T,
    "mode":"forward"|"forward_backward","tokens_per_s":x,"ms_per_iter":y,"threads":n}
+and for --mode decpo_step two more fields:
+  {..., "mode":"decpo_step","lora":true|false, ..., "peak_rss_mib":m}
 
 Work per iteration (matches the Rust side: logits + completion log-prob):
   forward:          under torch.no_grad(): logits = model(ids, attention_mask).logits, then
                     log_softmax over the vocabulary, gather of the next tokens, summed.
   forward_backward: same with grad enabled, loss = -(sum of next-token logps) / (B*T),
                     loss.backward(), then model.zero_grad(set_to_none=True).
-tokens_per_s = B*T / seconds per iteration (mean over --iters timed iterations after --warmup).
+  decpo_step:       one full DecPO training step (SPEC.md sections 2, 3, 5), --batch B = PAIRS:
+    inputs      2B rows of T random token ids (seed 0): rows 0..B-1 chosen, B..2B-1 rejected;
+                the prompt is the first T/2 tokens and is shared within a pair (the prompt
+                tokens of chosen row i are copied into rejected row B+i); full attention mask
+                (no padding). Completion mask: positions T/2..T-1, i.e. the log-probs of the
+                tokens at those positions, predicted from the previous position.
+    policy      the model, with grad, in train mode (LoRA dropout active).
+    reference   without --lora: a frozen deep copy of the initial model (eval mode), run under
+                torch.no_grad(); with --lora: the same model with the LoRA adapters switched
+                off, under torch.no_grad().
+    LoRA        (--lora) r=8, alpha=16 (scale alpha/r = 2), dropout 0.05 on the input of the
+                adapter branch, on q_proj, v_proj and mlp.up_proj of every layer:
+                y = W x + (alpha/r) * B(A(dropout(x))); A [r, in] kaiming-uniform(a=sqrt(5))
+                random, B [out, r] zeros. Base weights frozen (requires_grad False), only A/B
+                are trained. Without --lora every parameter is trained.
+    logps       per row: logits = model(ids, mask).logits, log_softmax over the vocabulary of
+                logits[:, :-1], gather of ids[:, 1:], summed where the completion mask of the
+                target position is 1. pc/pr = policy chosen/rejected, rc/rr = reference.
+    loss_dpo    sigmoid DPO, beta=0.1: mean over pairs of -logsigmoid(beta*((pc-rc)-(pr-rr))).
+    L_dec       mode "paper": z = output of mlp.up_proj (with its LoRA delta, if any) of layer
+                n_layers//3 of the POLICY forward (forward hook), taken per row at its last
+                non-padding token (mask.sum(1)-1 = T-1 here); rows L2-normalised -> Z [2B, d_ff];
+                L_dec = ||Z Z^T - I||_F^2.
+    total       loss_dpo + 1e-4 * L_dec; backward; clip_grad_norm_(trainable, 1.0) (global L2
+                norm); AdamW(lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) step
+                (optimizer built once per case, before warmup); zero_grad(set_to_none=True).
+    peak_rss_mib   resource.getrusage(RUSAGE_SELF).ru_maxrss / 1024, read after the case. It is
+                the PROCESS peak (it includes earlier configs/modes of the same run), so run one
+                config and one mode per process for a clean number.
+tokens_per_s = rows*T / seconds per iteration (mean over --iters timed iterations after
+--warmup), rows = B for forward/forward_backward and 2B for decpo_step.
 
 Configs: "tiny" is LlamaConfig::tiny() of model/src/config.rs; "smollm2-135m"
 is SmolLM2-135M's shape, random init (seed 0). Both float32, eager attention, random ids (seed 0),
 full attention mask (no padding).
 
+Modes: --mode forward | forward_backward | decpo_step | all (all three, in that order); without
+--mode: forward and forward_backward. --lora only affects decpo_step; it runs last per config
+and LoRA is put into the model in place (the model is rebuilt for the next config).
+
 Run (from the repository root):
   python3 scripts/bench_torch.py --config all --batch 4 --seq 128 --iters 5 --warmup 2 --threads 2
+  python3 scripts/bench_torch.py --config tiny --batch 2 --seq 64 --mode decpo_step --lora
 Requires: torch==2.15.0 transformers==5.23.0
 """
 
 import argparse
+import copy
 import json
+import math
 import os
+import resource
 import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
+
+ALL_MODES = ("forward", "forward_backward", "decpo_step")
+
+# DecPO step hyper-parameters (SPEC.md sections 2, 3, 5).
+BETA = 0.1
+DEC_LAMBDA = 1e-4
+CLIP_NORM = 1.0
+LR = 1e-5
+LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 16, 0.05
 
 
 def make_config(name: str) -> LlamaConfig:
@@ -61,6 +112,18 @@ def next_token_logp_sum(model, ids, mask):
     return logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).sum()
 
 
+def timed(step, iters, warmup):
+    """Mean seconds per call of `step` over `iters` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
 def bench_case(model, cfg_name, vocab, batch, seq, mode, iters, warmup, threads):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
@@ -77,14 +140,7 @@ def bench_case(model, cfg_name, vocab, batch, seq, mode, iters, warmup, threads)
         model.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    sec = sum(times) / len(times)
+    sec = timed(step, iters, warmup)
     return {
         "impl": "pytorch", "config": cfg_name, "batch": batch, "seq": seq, "mode": mode,
         "tokens_per_s": round(batch * seq / sec, 3), "ms_per_iter": round(sec * 1e3, 3),
@@ -92,24 +148,203 @@ def bench_case(model, cfg_name, vocab, batch, seq, mode, iters, warmup, threads)
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# decpo_step
+
+
+class LoraLinear(nn.Module):
+    """y = base(x) + (alpha/r) * B(A(dropout(x))), base frozen; `enabled=False` gives base(x)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: int, dropout: float):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft / nn.Linear
+        self.dropout = nn.Dropout(dropout)
+        self.scaling = alpha / r
+        self.enabled = True
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.enabled:
+            y = y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        return y
+
+
+def add_lora(model) -> list:
+    """Freeze the model and wrap q_proj, v_proj and mlp.up_proj of every layer with LoRA.
+    Returns the LoraLinear modules."""
+    model.requires_grad_(False)
+    wrapped = []
+    for layer in model.model.layers:
+        for parent, name in ((layer.self_attn, "q_proj"), (layer.self_attn, "v_proj"),
+                             (layer.mlp, "up_proj")):
+            m = LoraLinear(getattr(parent, name), LORA_R, LORA_ALPHA, LORA_DROPOUT)
+            setattr(parent, name, m)
+            wrapped.append(m)
+    return wrapped
+
+
+def completion_logps(model, ids, mask, comp_mask):
+    """Per-row sum of log p(ids[:, t] | ids[:, :t]) over the target positions t with
+    comp_mask[:, t] == 1. Shape [rows]."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    logp = torch.log_softmax(logits[:, :-1, :], dim=-1)
+    tok = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [rows, T-1]
+    return (tok * comp_mask[:, 1:].to(tok.dtype)).sum(dim=-1)
+
+
+def decorrelation_loss(z, mask):
+    """Mode "paper": rows at the last non-padding token (right padding), L2-normalised,
+    ||Z Z^T - I||_F^2."""
+    last = mask.sum(dim=1) - 1                              # [rows]
+    rows = z[torch.arange(z.shape[0]), last]                # [rows, d_ff]
+    zn = F.normalize(rows, p=2.0, dim=-1)
+    gram = zn @ zn.T
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    return ((gram - eye) ** 2).sum()
+
+
+def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, threads):
+    """Time one DecPO training step (see the module docstring). Modifies `model`: trains it and,
+    with `lora`, wraps its projections with LoRA adapters."""
+    rows = 2 * pairs
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=g)
+    prompt_len = seq // 2
+    ids[pairs:, :prompt_len] = ids[:pairs, :prompt_len]    # shared prompt within a pair
+    mask = torch.ones_like(ids)
+    comp_mask = torch.zeros_like(ids)
+    comp_mask[:, prompt_len:] = 1
+
+    if lora:
+        adapters = add_lora(model)
+        ref_model = None
+        adapter_params = {id(p) for m in adapters for p in (m.lora_A, m.lora_B)}
+    else:
+        # Frozen copy of the initial weights; taken before any step.
+        ref_model = copy.deepcopy(model)
+        ref_model.requires_grad_(False)
+        ref_model.train(False)
+        model.requires_grad_(True)
+        adapters, adapter_params = [], set()
+    model.train(True)  # policy in train mode (LoRA dropout; Llama itself has no dropout here)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    dec_layer = cfg.num_hidden_layers // 3
+    up_proj = model.model.layers[dec_layer].mlp.up_proj     # LoraLinear with --lora
+    captured = {}
+
+    def hook(_module, _inputs, output):
+        captured["z"] = output
+
+    def reference_logps():
+        with torch.no_grad():
+            if ref_model is not None:
+                return completion_logps(ref_model, ids, mask, comp_mask)
+            for m in adapters:
+                m.enabled = False
+            try:
+                return completion_logps(model, ids, mask, comp_mask)
+            finally:
+                for m in adapters:
+                    m.enabled = True
+
+    first = [True]
+
+    def step():
+        ref = reference_logps()
+        handle = up_proj.register_forward_hook(hook)        # policy forward only
+        try:
+            pol = completion_logps(model, ids, mask, comp_mask)
+        finally:
+            handle.remove()
+        z = captured.pop("z")
+        pc, pr = pol[:pairs], pol[pairs:]
+        rc, rr = ref[:pairs], ref[pairs:]
+        loss_dpo = -F.logsigmoid(BETA * ((pc - rc) - (pr - rr))).mean()
+        loss_dec = decorrelation_loss(z, mask)
+        loss = loss_dpo + DEC_LAMBDA * loss_dec
+        loss.backward()
+        if first[0]:
+            check_grads(model, lora, adapter_params)
+            first[0] = False
+        torch.nn.utils.clip_grad_norm_(trainable, CLIP_NORM)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        assert math.isfinite(value), f"non-finite DecPO loss {value}"
+        captured["loss"] = (value, float(loss_dpo.detach()), float(loss_dec.detach()))
+        return value
+
+    sec = timed(step, iters, warmup)
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    loss, loss_dpo, loss_dec = captured["loss"]
+    print(f"decpo_step {cfg_name} lora={lora}: last loss {loss:.6f} "
+          f"(dpo {loss_dpo:.6f}, dec {loss_dec:.6f}), trainable params "
+          f"{sum(p.numel() for p in trainable)}", file=sys.stderr)
+    del ref_model, opt
+    return {
+        "impl": "pytorch", "config": cfg_name, "batch": pairs, "seq": seq, "mode": "decpo_step",
+        "lora": lora, "tokens_per_s": round(rows * seq / sec, 3),
+        "ms_per_iter": round(sec * 1e3, 3), "threads": threads,
+        "peak_rss_mib": round(peak_rss_mib, 1),
+    }
+
+
+def check_grads(model, lora, adapter_params):
+    """After backward: with LoRA exactly the adapter parameters have gradients; without it,
+    every parameter has one."""
+    for name, p in model.named_parameters():
+        has = p.grad is not None
+        if lora:
+            want = id(p) in adapter_params
+            assert has == want, f"{name}: grad {'present' if has else 'missing'} (LoRA)"
+            assert want == p.requires_grad, f"{name}: requires_grad {p.requires_grad}"
+        else:
+            assert has, f"{name}: no gradient"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="all", choices=["tiny", "smollm2-135m", "all"])
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=4,
+                    help="sequences (forward modes) or preference pairs (decpo_step)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", default="forward,forward_backward",
-                    help="comma-separated subset of forward,forward_backward")
+    sel = ap.add_mutually_exclusive_group()
+    sel.add_argument("--mode", choices=list(ALL_MODES) + ["all"],
+                     help="one mode or all three (default: forward and forward_backward)")
+    sel.add_argument("--modes", help="legacy: comma-separated subset of " + ",".join(ALL_MODES))
+    ap.add_argument("--lora", action="store_true",
+                    help="decpo_step trains LoRA adapters (r=8, alpha=16) instead of all weights")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     names = ["tiny", "smollm2-135m"] if a.config == "all" else [a.config]
-    modes = [m for m in a.modes.split(",") if m]
+    if a.mode == "all":
+        modes = list(ALL_MODES)
+    elif a.mode:
+        modes = [a.mode]
+    elif a.modes:
+        modes = [m for m in a.modes.split(",") if m]
+    else:
+        modes = ["forward", "forward_backward"]
     for m in modes:
-        if m not in ("forward", "forward_backward"):
+        if m not in ALL_MODES:
             ap.error(f"unknown mode {m}")
+    # decpo_step changes the model (training, LoRA), so it runs last.
+    modes.sort(key=lambda m: m == "decpo_step")
+    if "decpo_step" in modes and a.seq < 2:
+        ap.error("decpo_step needs --seq >= 2")
     for name in names:
         cfg = make_config(name)
         torch.manual_seed(0)
@@ -119,7 +354,12 @@ def main() -> None:
             print(f"warning: seq {a.seq} > max_position_embeddings {cfg.max_position_embeddings} "
                   f"for {name}", file=sys.stderr)
         for mode in modes:
-            r = bench_case(model, name, cfg.vocab_size, a.batch, a.seq, mode, a.iters, a.warmup, a.threads)
+            if mode == "decpo_step":
+                r = bench_decpo_step(model, cfg, name, a.batch, a.seq, a.lora, a.iters, a.warmup,
+                                     a.threads)
+            else:
+                r = bench_case(model, name, cfg.vocab_size, a.batch, a.seq, mode, a.iters,
+                               a.warmup, a.threads)
             print(json.dumps(r, separators=(",", ":")), flush=True)
         del model
 

@@ -84,10 +84,10 @@ fn grad(model: &Llama<AD>, grads: &<AD as AutodiffBackend>::Gradients, name: &st
     let (layer, part) = rest.split_once('.').unwrap();
     let l = &model.layers[layer.parse::<usize>().unwrap()];
     let linear = match part {
-        "mlp.up_proj.weight" => &l.mlp.up_proj,
-        "mlp.gate_proj.weight" => &l.mlp.gate_proj,
-        "mlp.down_proj.weight" => &l.mlp.down_proj,
-        "self_attn.q_proj.weight" => &l.self_attn.q_proj,
+        "mlp.up_proj.weight" => &l.mlp.up_proj.base,
+        "mlp.gate_proj.weight" => &l.mlp.gate_proj.base,
+        "mlp.down_proj.weight" => &l.mlp.down_proj.base,
+        "self_attn.q_proj.weight" => &l.self_attn.q_proj.base,
         other => panic!("no gradient accessor for {other}"),
     };
     // burn keeps projections [in, out].

@@ -91,6 +91,7 @@ fn gradients_of_summed_logps_match_transformers() {
     let up: Tensor<B, 2> = model.layers[0]
         .mlp
         .up_proj
+        .base
         .weight
         .grad(&grads)
         .expect("up_proj grad");

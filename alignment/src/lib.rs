@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod loss;
+pub mod measure;
 pub mod objective;
+pub mod train;
 
 pub use config::{LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer};
 pub use objective::{StepOutput, objective};

@@ -5,7 +5,9 @@ use burn::tensor::{Tensor, backend::Backend};
 use decpo_model::{CompletionBatch, Llama, completion_logps};
 
 use crate::config::ObjectiveConfig;
-use crate::loss::decorrelation::{Activations, regularizer_value};
+use crate::loss::decorrelation::{
+    Activations, feature_decorrelation, last_token_rows, regularizer_value,
+};
 use crate::loss::preference::{PairLogps, preference_loss};
 
 /// The objective and what is logged about it.
@@ -22,6 +24,9 @@ pub struct StepOutput<B: Backend> {
     pub rewards_rejected: Tensor<B, 1>,
     /// The policy's completion log-probs.
     pub policy: PairLogps<B>,
+    /// FD of the regularized layer on this batch's last real tokens (no gradient), when a
+    /// regularizer is set.
+    pub fd: Option<Tensor<B, 1>>,
 }
 
 /// Computes the objective of `policy` on `batch`, given the reference model's log-probs.
@@ -49,19 +54,22 @@ pub fn objective<B: Backend>(
     let pref = preference_loss(&policy_logps, reference, config);
     let loss_pref = pref.losses.mean();
     let device = loss_pref.device();
-    let (loss, loss_reg) = match (&config.regularizer, out.up_proj.into_iter().next()) {
+    let (loss, loss_reg, fd) = match (&config.regularizer, out.up_proj.into_iter().next()) {
         (Some(reg), Some(up_proj)) => {
-            let value = regularizer_value(
-                reg,
-                &Activations {
-                    up_proj,
-                    attention_mask: batch.attention_mask.clone(),
-                    completion_mask: batch.completion_mask.clone(),
-                },
-            );
-            (loss_pref.clone() + value.clone() * reg.lambda(), value)
+            let acts = Activations {
+                up_proj,
+                attention_mask: batch.attention_mask.clone(),
+                completion_mask: batch.completion_mask.clone(),
+            };
+            let value = regularizer_value(reg, &acts);
+            let fd = feature_decorrelation(last_token_rows(&acts).detach());
+            (
+                loss_pref.clone() + value.clone() * reg.lambda(),
+                value,
+                Some(fd),
+            )
         }
-        _ => (loss_pref.clone(), Tensor::zeros([1], &device)),
+        _ => (loss_pref.clone(), Tensor::zeros([1], &device), None),
     };
     StepOutput {
         loss,
@@ -70,5 +78,6 @@ pub fn objective<B: Backend>(
         rewards_chosen: pref.rewards_chosen,
         rewards_rejected: pref.rewards_rejected,
         policy: policy_logps,
+        fd,
     }
 }

@@ -1,20 +1,21 @@
 //! Grouped-query self-attention with RoPE.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
+use crate::lora::Projection;
 use crate::rope::apply_rotary;
 
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+    pub q_proj: Projection<B>,
+    pub k_proj: Projection<B>,
+    pub v_proj: Projection<B>,
+    pub o_proj: Projection<B>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -28,7 +29,7 @@ impl<B: Backend> LlamaAttention<B> {
         head_dim: usize,
         device: &B::Device,
     ) -> Self {
-        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let linear = |i, o| Projection::new(LinearConfig::new(i, o).with_bias(false).init(device));
         Self {
             q_proj: linear(hidden, heads * head_dim),
             k_proj: linear(hidden, kv_heads * head_dim),

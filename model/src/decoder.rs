@@ -7,6 +7,7 @@ use burn::tensor::{Bool, Tensor, backend::Backend};
 use crate::attention::LlamaAttention;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
+use crate::lora::Projection;
 use crate::mlp::LlamaMlp;
 
 #[derive(Module, Debug)]
@@ -59,5 +60,32 @@ impl<B: Backend> LlamaDecoderLayer<B> {
             .mlp
             .forward(self.post_attention_layernorm.forward(x.clone()));
         (x + mlp, up)
+    }
+
+    /// The seven projections under their Hugging Face names.
+    pub fn projections(&self) -> [(&'static str, &Projection<B>); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("q_proj", &a.q_proj),
+            ("k_proj", &a.k_proj),
+            ("v_proj", &a.v_proj),
+            ("o_proj", &a.o_proj),
+            ("gate_proj", &m.gate_proj),
+            ("up_proj", &m.up_proj),
+            ("down_proj", &m.down_proj),
+        ]
+    }
+
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Projection<B>); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("q_proj", &mut a.q_proj),
+            ("k_proj", &mut a.k_proj),
+            ("v_proj", &mut a.v_proj),
+            ("o_proj", &mut a.o_proj),
+            ("gate_proj", &mut m.gate_proj),
+            ("up_proj", &mut m.up_proj),
+            ("down_proj", &mut m.down_proj),
+        ]
     }
 }

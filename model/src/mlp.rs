@@ -1,20 +1,22 @@
 //! The SwiGLU MLP, written out so that the `up_proj` output (DecPO's activation site) is visible.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::{Tensor, activation::silu, backend::Backend};
+
+use crate::lora::Projection;
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub gate_proj: Projection<B>,
+    pub up_proj: Projection<B>,
+    pub down_proj: Projection<B>,
 }
 
 impl<B: Backend> LlamaMlp<B> {
     pub fn init(hidden: usize, intermediate: usize, device: &B::Device) -> Self {
-        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let linear = |i, o| Projection::new(LinearConfig::new(i, o).with_bias(false).init(device));
         Self {
             gate_proj: linear(hidden, intermediate),
             up_proj: linear(hidden, intermediate),

@@ -61,6 +61,28 @@ pub fn regularizer_value<B: Backend>(reg: &Regularizer, a: &Activations<B>) -> T
     }
 }
 
+/// Feature decorrelation of rows `z` `[n, d]` (SPEC section 4):
+/// `FD = 1 − mean_{i≠j} cos(z_i, z_j)`; higher is more decorrelated. `[1]`; 1 when n < 2.
+pub fn feature_decorrelation<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 1> {
+    let n = z.dims()[0];
+    let device = z.device();
+    if n < 2 {
+        return Tensor::ones([1], &device);
+    }
+    let z = l2_normalize(z);
+    let gram = z.clone().matmul(z.transpose());
+    let off_diagonal = gram.clone().sum() - gram.mul(Tensor::eye(n, &device)).sum();
+    off_diagonal
+        .div_scalar((n * (n - 1)) as f64)
+        .neg()
+        .add_scalar(1.0)
+}
+
+/// The `up_proj` row of each sequence at its last real token, `[rows, d_ff]`.
+pub fn last_token_rows<B: Backend>(a: &Activations<B>) -> Tensor<B, 2> {
+    feature_rows(a, RegRows::All, RegPosition::Last)
+}
+
 /// One row per selected sequence, `[n, d_ff]`.
 fn feature_rows<B: Backend>(
     a: &Activations<B>,

@@ -21,6 +21,7 @@ use crate::config::LlamaConfig;
 use crate::decoder::LlamaDecoderLayer;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
+use crate::lora::Projection;
 use crate::mlp::LlamaMlp;
 use crate::tokenizer::LlamaTokenizer;
 
@@ -103,22 +104,22 @@ pub fn load_llama<B: Backend>(
         layers.push(LlamaDecoderLayer {
             input_layernorm: loader.norm(&format!("{p}.input_layernorm.weight"), c)?,
             self_attn: LlamaAttention {
-                q_proj: loader.linear(
+                q_proj: loader.projection(
                     &format!("{p}.self_attn.q_proj.weight"),
                     c.hidden_size,
                     q_out,
                 )?,
-                k_proj: loader.linear(
+                k_proj: loader.projection(
                     &format!("{p}.self_attn.k_proj.weight"),
                     c.hidden_size,
                     kv_out,
                 )?,
-                v_proj: loader.linear(
+                v_proj: loader.projection(
                     &format!("{p}.self_attn.v_proj.weight"),
                     c.hidden_size,
                     kv_out,
                 )?,
-                o_proj: loader.linear(
+                o_proj: loader.projection(
                     &format!("{p}.self_attn.o_proj.weight"),
                     q_out,
                     c.hidden_size,
@@ -130,17 +131,17 @@ pub fn load_llama<B: Backend>(
             post_attention_layernorm: loader
                 .norm(&format!("{p}.post_attention_layernorm.weight"), c)?,
             mlp: LlamaMlp {
-                gate_proj: loader.linear(
+                gate_proj: loader.projection(
                     &format!("{p}.mlp.gate_proj.weight"),
                     c.hidden_size,
                     c.intermediate_size,
                 )?,
-                up_proj: loader.linear(
+                up_proj: loader.projection(
                     &format!("{p}.mlp.up_proj.weight"),
                     c.hidden_size,
                     c.intermediate_size,
                 )?,
-                down_proj: loader.linear(
+                down_proj: loader.projection(
                     &format!("{p}.mlp.down_proj.weight"),
                     c.intermediate_size,
                     c.hidden_size,
@@ -229,6 +230,10 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// A projection stored `[d_out, d_in]` (PyTorch) becomes burn's `[d_in, d_out]`.
+    fn projection(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Projection<B>> {
+        self.linear(name, d_in, d_out).map(Projection::new)
+    }
+
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         let t = self.take(name, [d_out, d_in])?;
         let data = transpose(&t.data, d_out, d_in);

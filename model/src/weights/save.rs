@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::nn::Linear;
 use burn::tensor::{Tensor, backend::Backend};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -13,6 +12,7 @@ use safetensors::tensor::TensorView;
 use super::transpose;
 use crate::error::{ModelError, Result, io_err};
 use crate::llama::Llama;
+use crate::lora::LoraConfig;
 use crate::tokenizer::LlamaTokenizer;
 
 /// (name, shape, little-endian f32 bytes) in Hugging Face layout.
@@ -33,8 +33,7 @@ fn plain<B: Backend, const D: usize>(name: String, t: Tensor<B, D>) -> Named {
 }
 
 /// burn keeps projections as `[in, out]`; PyTorch as `[out, in]`.
-fn projection<B: Backend>(name: String, l: &Linear<B>) -> Named {
-    let w = l.weight.val();
+fn projection<B: Backend>(name: String, w: Tensor<B, 2>) -> Named {
     let [d_in, d_out] = w.dims();
     let values = w
         .into_data()
@@ -64,19 +63,19 @@ fn hf_tensors<B: Backend>(model: &Llama<B>) -> Vec<Named> {
         ));
         out.push(projection(
             format!("{p}.self_attn.q_proj.weight"),
-            &a.q_proj,
+            a.q_proj.merged_weight(),
         ));
         out.push(projection(
             format!("{p}.self_attn.k_proj.weight"),
-            &a.k_proj,
+            a.k_proj.merged_weight(),
         ));
         out.push(projection(
             format!("{p}.self_attn.v_proj.weight"),
-            &a.v_proj,
+            a.v_proj.merged_weight(),
         ));
         out.push(projection(
             format!("{p}.self_attn.o_proj.weight"),
-            &a.o_proj,
+            a.o_proj.merged_weight(),
         ));
         out.push(plain(
             format!("{p}.post_attention_layernorm.weight"),
@@ -84,27 +83,107 @@ fn hf_tensors<B: Backend>(model: &Llama<B>) -> Vec<Named> {
         ));
         out.push(projection(
             format!("{p}.mlp.gate_proj.weight"),
-            &m.gate_proj,
+            m.gate_proj.merged_weight(),
         ));
-        out.push(projection(format!("{p}.mlp.up_proj.weight"), &m.up_proj));
+        out.push(projection(
+            format!("{p}.mlp.up_proj.weight"),
+            m.up_proj.merged_weight(),
+        ));
         out.push(projection(
             format!("{p}.mlp.down_proj.weight"),
-            &m.down_proj,
+            m.down_proj.merged_weight(),
         ));
     }
     out.push(plain("model.norm.weight".into(), model.norm.gamma.val()));
     if let Some(head) = &model.lm_head {
-        out.push(projection("lm_head.weight".into(), head));
+        out.push(projection("lm_head.weight".into(), head.weight.val()));
     }
     out
 }
 
 /// Saves `model` (and `tokenizer`, if given) as a Hugging Face directory at `dir`, replacing it.
+/// LoRA adapters, if any, are merged into the saved weights.
 pub fn save_hf_dir<B: Backend>(
     model: &Llama<B>,
     tokenizer: Option<&LlamaTokenizer>,
     dir: &Path,
 ) -> Result<()> {
+    write_dir_atomically(dir, |tmp| {
+        let config_path = tmp.join("config.json");
+        let text = serde_json::to_string_pretty(&model.config.to_hf_json())
+            .expect("JSON values serialise");
+        std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
+        write_safetensors(&tmp.join("model.safetensors"), &hf_tensors(model))?;
+        if let Some(tok) = tokenizer {
+            tok.save_hf(tmp, model.config.max_position_embeddings)?;
+        }
+        Ok(())
+    })
+}
+
+/// Saves the LoRA adapters alone in PEFT's layout (`adapter_model.safetensors`,
+/// `adapter_config.json`), replacing `dir`. `base` names the base model in the config.
+pub fn save_lora_adapters<B: Backend>(
+    model: &Llama<B>,
+    lora: &LoraConfig,
+    base: &str,
+    dir: &Path,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (i, layer) in model.layers.iter().enumerate() {
+        for (name, proj) in layer.projections() {
+            let Some(a) = &proj.lora else { continue };
+            let group = if ["gate_proj", "up_proj", "down_proj"].contains(&name) {
+                "mlp"
+            } else {
+                "self_attn"
+            };
+            let p = format!("base_model.model.model.layers.{i}.{group}.{name}");
+            // burn keeps A as [d_in, r] and B as [r, d_out]; PEFT as [r, d_in] and [d_out, r].
+            tensors.push(projection(format!("{p}.lora_A.weight"), a.lora_a.val()));
+            tensors.push(projection(format!("{p}.lora_B.weight"), a.lora_b.val()));
+        }
+    }
+    let n = model.config.num_hidden_layers;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": lora.targets,
+        "layers_to_transform": lora.layers(n).collect::<Vec<_>>(),
+        "bias": "none",
+        "fan_in_fan_out": false,
+    });
+    write_dir_atomically(dir, |tmp| {
+        let path = tmp.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&config).expect("JSON values serialise");
+        std::fs::write(&path, text).map_err(io_err(&path))?;
+        write_safetensors(&tmp.join("adapter_model.safetensors"), &tensors)
+    })
+}
+
+fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
+    let corrupt = |e: safetensors::SafeTensorError| ModelError::Corrupt {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let views = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(corrupt)?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(corrupt)
+}
+
+/// Fills a temporary sibling of `dir` with `fill`, then renames it into place (replacing `dir`),
+/// so a crash never leaves a half-written directory.
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = dir.file_name().ok_or_else(|| ModelError::Io {
         path: dir.into(),
         cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory name"),
@@ -123,33 +202,9 @@ pub fn save_hf_dir<B: Backend>(
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-
-    let config = &model.config;
-    let config_path = tmp.join("config.json");
-    let text = serde_json::to_string_pretty(&config.to_hf_json()).expect("JSON values serialise");
-    std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
-
-    let tensors = hf_tensors(model);
-    let views = tensors
-        .iter()
-        .map(|(n, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (n.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| ModelError::Corrupt {
-            path: tmp.clone(),
-            message: e.to_string(),
-        })?;
-    let weights = tmp.join("model.safetensors");
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), &weights).map_err(|e| {
-        ModelError::Corrupt {
-            path: weights.clone(),
-            message: e.to_string(),
-        }
-    })?;
-    if let Some(tok) = tokenizer {
-        tok.save_hf(&tmp, config.max_position_embeddings)?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io_err(dir))?;

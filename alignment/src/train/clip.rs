@@ -1,0 +1,75 @@
+//! Global-norm gradient clipping, as `torch.nn.utils.clip_grad_norm_`: when the L2 norm of all
+//! gradients together exceeds `max`, every gradient is scaled by `max / (norm + 1e-6)`.
+//! (burn's own `GradientClipping::Norm` clips each tensor on its own.)
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+
+struct SquaredNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let sq = g.powi_scalar(2).sum();
+            self.total = Some(match self.total.take() {
+                Some(t) => t + sq,
+                None => sq,
+            });
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register(param.id, g * self.factor);
+        }
+    }
+}
+
+/// The global L2 norm of `grads` over `module`'s parameters (0 when there are none).
+pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut v = SquaredNorm::<B> { grads, total: None };
+    module.visit(&mut v);
+    v.total
+        .map(|t| t.into_scalar().elem::<f64>().sqrt())
+        .unwrap_or(0.0)
+}
+
+/// Scales every gradient by `factor`.
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    factor: f64,
+) {
+    module.visit(&mut Scale { grads, factor });
+}
+
+/// Clips `grads` to global norm `max` (if given); returns the norm before clipping.
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max: Option<f64>,
+) -> f64 {
+    let norm = global_norm(module, grads);
+    if let Some(max) = max
+        && norm.is_finite()
+        && norm > max
+    {
+        scale_grads(module, grads, max / (norm + 1e-6));
+    }
+    norm
+}

@@ -1,0 +1,177 @@
+//! The data of a run as burn data loaders: the pairs (tokenized once), the order of every
+//! optimizer step fixed up front from the seed, and optional precomputed reference log-probs.
+//! Step `s` always gets the same pairs, so a resumed run sees exactly the data it would have seen.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use decpo_datasets::batch::{PreferenceBatch, epoch_batches};
+use decpo_datasets::tokenize::TokenizedPair;
+
+use crate::loss::preference::{PairLogps, SideLogps};
+use crate::train::step::{MicroBatch, StepInput};
+
+/// Reference log-probs of one pair: summed and mean, chosen and rejected.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairReference {
+    pub chosen_sum: f32,
+    pub rejected_sum: f32,
+    pub chosen_mean: f32,
+    pub rejected_mean: f32,
+}
+
+/// Tokenized pairs with their padding id and, when precomputed, reference log-probs.
+#[derive(Debug, Clone)]
+pub struct PairSet {
+    pub pairs: Vec<TokenizedPair>,
+    pub pad_id: u32,
+    pub reference: Option<Vec<PairReference>>,
+}
+
+impl PairSet {
+    /// The micro-batch of the pairs `indices`.
+    pub fn micro_batch<B: Backend>(&self, indices: &[usize], device: &B::Device) -> MicroBatch<B> {
+        let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.pairs[i]).collect();
+        let batch = PreferenceBatch::new(&pairs, self.pad_id);
+        let tokens = batch.attention_mask.iter().filter(|&&m| m == 1).count();
+        let reference = self.reference.as_ref().map(|r| {
+            let col = |f: fn(&PairReference) -> f32| {
+                let v: Vec<f32> = indices.iter().map(|&i| f(&r[i])).collect();
+                Tensor::<B, 1>::from_data(TensorData::new(v, [indices.len()]), device)
+            };
+            PairLogps {
+                chosen: SideLogps {
+                    sum: col(|p| p.chosen_sum),
+                    mean: col(|p| p.chosen_mean),
+                },
+                rejected: SideLogps {
+                    sum: col(|p| p.rejected_sum),
+                    mean: col(|p| p.rejected_mean),
+                },
+            }
+        });
+        MicroBatch {
+            batch: batch.to_tensors(device),
+            reference,
+            pairs: indices.len(),
+            tokens,
+        }
+    }
+}
+
+/// For every optimizer step, its micro-batches as pair indices.
+pub type StepPlan = Vec<Vec<Vec<usize>>>;
+
+/// `epochs` passes over `n_pairs` pairs: each epoch a seeded, length-grouped order cut into
+/// micro-batches of `micro_batch` pairs, `accumulation` micro-batches per step (the last step of
+/// an epoch may have fewer), at most `max_steps` steps. Epoch `e` uses seed `seed + e`.
+pub fn plan_steps(
+    lengths: &[usize],
+    micro_batch: usize,
+    accumulation: usize,
+    epochs: usize,
+    seed: u64,
+    max_steps: usize,
+) -> StepPlan {
+    let mut steps = Vec::new();
+    for e in 0..epochs {
+        if steps.len() >= max_steps || lengths.is_empty() {
+            break;
+        }
+        let batches = epoch_batches(lengths, micro_batch, seed.wrapping_add(e as u64), true);
+        steps.extend(batches.chunks(accumulation.max(1)).map(<[_]>::to_vec));
+    }
+    steps.truncate(max_steps);
+    steps
+}
+
+/// Eval split: consecutive micro-batches, one per "step", in file order.
+pub fn plan_eval(n_pairs: usize, micro_batch: usize) -> StepPlan {
+    let idx: Vec<usize> = (0..n_pairs).collect();
+    idx.chunks(micro_batch.max(1))
+        .map(|c| vec![c.to_vec()])
+        .collect()
+}
+
+/// A burn data loader over a range of a [`StepPlan`].
+pub struct StepLoader<B: Backend> {
+    data: Arc<PairSet>,
+    plan: Arc<StepPlan>,
+    range: Range<usize>,
+    device: B::Device,
+}
+
+impl<B: Backend> StepLoader<B> {
+    pub fn new(data: Arc<PairSet>, plan: Arc<StepPlan>, device: B::Device) -> Self {
+        let range = 0..plan.len();
+        Self {
+            data,
+            plan,
+            range,
+            device,
+        }
+    }
+}
+
+struct StepIter<'a, B: Backend> {
+    loader: &'a StepLoader<B>,
+    next: usize,
+}
+
+impl<B: Backend> Iterator for StepIter<'_, B> {
+    type Item = StepInput<B>;
+
+    fn next(&mut self) -> Option<StepInput<B>> {
+        let step = self.loader.range.start + self.next;
+        if step >= self.loader.range.end {
+            return None;
+        }
+        self.next += 1;
+        let micro = self.loader.plan[step]
+            .iter()
+            .map(|idx| self.loader.data.micro_batch(idx, &self.loader.device))
+            .collect();
+        Some(StepInput { micro })
+    }
+}
+
+impl<B: Backend> DataLoaderIterator<StepInput<B>> for StepIter<'_, B> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.next, self.loader.range.len())
+    }
+}
+
+impl<B: Backend> DataLoader<B, StepInput<B>> for StepLoader<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<StepInput<B>> + 'a> {
+        Box::new(StepIter {
+            loader: self,
+            next: 0,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.range.len()
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, StepInput<B>>> {
+        Arc::new(Self {
+            data: self.data.clone(),
+            plan: self.plan.clone(),
+            range: self.range.clone(),
+            device: device.clone(),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, StepInput<B>>> {
+        let s = (self.range.start + start).min(self.range.end);
+        let e = (self.range.start + end).min(self.range.end);
+        Arc::new(Self {
+            data: self.data.clone(),
+            plan: self.plan.clone(),
+            range: s..e,
+            device: self.device.clone(),
+        })
+    }
+}

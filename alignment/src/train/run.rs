@@ -1,0 +1,339 @@
+//! The training loop, plugged into burn-train's `SupervisedTraining` as a custom strategy so that
+//! the dashboard, metric store and checkpointer are burn's while the loop counts optimizer steps:
+//!
+//! - a burn-train "epoch" is one checkpoint interval of `save_every` optimizer steps; after each,
+//!   the eval split runs and a checkpoint is written (model, optimizer, schedule), keeping the
+//!   last `keep_last` and the best by eval loss;
+//! - every checkpoint file is written to a temporary file and renamed ([`AtomicRecorder`]);
+//! - step `s` reseeds the backend RNG with `seed + s` (LoRA dropout) and always gets the same pairs
+//!   (see [`crate::train::data`]), so resuming from a checkpoint replays an uninterrupted run;
+//! - a non-finite loss or gradient norm stops the run before the optimizer step, naming the
+//!   step; the last good checkpoint stays as it was.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::data::dataloader::Progress;
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::record::{
+    FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
+};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::train::metric::MetricDefinition;
+use burn::train::renderer::{
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use burn::train::{
+    EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
+    TrainingItem, ValidLoader,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::train::schedule::WarmupSchedule;
+use crate::train::step::{DecpoModel, StepValues};
+
+/// burn's named MessagePack recorder at full precision, writing through a temporary file that is
+/// renamed into place: a crash never leaves a half-written checkpoint file.
+#[derive(Debug, Default, Clone)]
+pub struct AtomicRecorder {
+    inner: NamedMpkFileRecorder<FullPrecisionSettings>,
+}
+
+impl<B: Backend> Recorder<B> for AtomicRecorder {
+    type Settings = FullPrecisionSettings;
+    type RecordArgs = PathBuf;
+    type RecordOutput = ();
+    type LoadArgs = PathBuf;
+
+    fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
+        let io = |e: std::io::Error| RecorderError::Unknown(format!("{}: {e}", file.display()));
+        let name = file.file_name().ok_or_else(|| {
+            RecorderError::Unknown(format!("{}: not a file name", file.display()))
+        })?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let staging = dir.join(".partial");
+        std::fs::create_dir_all(&staging).map_err(io)?;
+        let tmp = staging.join(name);
+        Recorder::<B>::save_item(&self.inner, item, tmp.clone())?;
+        let ext =
+            <NamedMpkFileRecorder<FullPrecisionSettings> as FileRecorder<B>>::file_extension();
+        let written = tmp.with_extension(ext);
+        std::fs::File::open(&written)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&written, file.with_extension(ext)).map_err(io)
+    }
+
+    fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
+        Recorder::<B>::load_item(&self.inner, file)
+    }
+}
+
+impl<B: Backend> FileRecorder<B> for AtomicRecorder {
+    fn file_extension() -> &'static str {
+        <NamedMpkFileRecorder<FullPrecisionSettings> as FileRecorder<B>>::file_extension()
+    }
+}
+
+/// The newest checkpoint interval in `dir/checkpoint` whose three files all exist.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<usize> {
+    let dir = run_dir.join("checkpoint");
+    let entries = std::fs::read_dir(&dir).ok()?;
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let k = name.strip_prefix("scheduler-")?.strip_suffix(".mpk")?;
+            k.parse::<usize>().ok()
+        })
+        .filter(|k| {
+            ["model", "optim"]
+                .iter()
+                .all(|p| dir.join(format!("{p}-{k}.mpk")).exists())
+        })
+        .max()
+}
+
+/// A renderer that draws nothing: used off a terminal, where the loop prints plain lines.
+pub struct PlainRenderer;
+
+impl MetricsRendererTraining for PlainRenderer {
+    fn update_train(&mut self, _state: MetricState) {}
+    fn update_valid(&mut self, _state: MetricState) {}
+    fn render_train(&mut self, _item: TrainingProgress, _p: Vec<ProgressType>) {}
+    fn render_valid(&mut self, _item: TrainingProgress, _p: Vec<ProgressType>) {}
+}
+
+impl MetricsRendererEvaluation for PlainRenderer {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+    fn render_test(&mut self, _item: EvaluationProgress, _p: Vec<ProgressType>) {}
+}
+
+impl MetricsRenderer for PlainRenderer {
+    fn manual_close(&mut self) {}
+    fn register_metric(&mut self, _definition: MetricDefinition) {}
+}
+
+/// One line of the run's `log.jsonl`.
+#[derive(Serialize)]
+struct LogLine<'a> {
+    split: &'a str,
+    step: usize,
+    #[serde(flatten)]
+    values: &'a StepValues,
+}
+
+/// Eval results of one checkpoint interval, averaged over the eval pairs.
+#[derive(Debug, Clone)]
+pub struct EvalPoint {
+    pub step: usize,
+    pub values: StepValues,
+}
+
+/// What the loop reports back besides the model.
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    /// Set when the run stopped on a non-finite loss or gradient.
+    pub failure: Option<String>,
+    pub evals: Vec<EvalPoint>,
+    pub steps_done: usize,
+    pub seconds: f64,
+}
+
+/// The loop's settings.
+pub struct DecpoStrategy {
+    pub total_steps: usize,
+    pub save_every: usize,
+    pub seed: u64,
+    /// Print a plain line every this many steps (0 = never; the dashboard shows them instead).
+    pub print_every: usize,
+    pub log_path: PathBuf,
+    pub report: Arc<Mutex<LoopReport>>,
+}
+
+/// Folds `v` into the pair-weighted average `acc`.
+pub fn merge_eval(acc: &mut Option<StepValues>, v: StepValues) {
+    let Some(a) = acc else {
+        *acc = Some(v);
+        return;
+    };
+    let (wa, wb) = (a.pairs as f64, v.pairs as f64);
+    let w = (wa + wb).max(1.0);
+    let mix = |x: f64, y: f64| (x * wa + y * wb) / w;
+    a.loss = mix(a.loss, v.loss);
+    a.loss_pref = mix(a.loss_pref, v.loss_pref);
+    a.loss_reg = mix(a.loss_reg, v.loss_reg);
+    a.rewards_chosen = mix(a.rewards_chosen, v.rewards_chosen);
+    a.rewards_rejected = mix(a.rewards_rejected, v.rewards_rejected);
+    a.rewards_margins = mix(a.rewards_margins, v.rewards_margins);
+    a.rewards_accuracies = mix(a.rewards_accuracies, v.rewards_accuracies);
+    a.logps_chosen = mix(a.logps_chosen, v.logps_chosen);
+    a.logps_rejected = mix(a.logps_rejected, v.logps_rejected);
+    a.fd = match (a.fd, v.fd) {
+        (Some(x), Some(y)) => Some(mix(x, y)),
+        _ => None,
+    };
+    a.pairs += v.pairs;
+    a.tokens += v.tokens;
+}
+
+/// Plain one-line summary of a step's values.
+pub fn describe(v: &StepValues) -> String {
+    let mut s = format!(
+        "loss {:.4} | rewards/accuracies {:.3} | rewards/margins {:.4} | logps/chosen {:.2} | logps/rejected {:.2}",
+        v.loss, v.rewards_accuracies, v.rewards_margins, v.logps_chosen, v.logps_rejected
+    );
+    if let Some(fd) = v.fd {
+        s += &format!(" | loss/dec {:.4} | fd {:.4}", v.loss_reg, fd);
+    }
+    if let Some(g) = v.grad_norm {
+        s += &format!(" | grad_norm {g:.3}");
+    }
+    if let Some(t) = v.tokens_per_s {
+        s += &format!(" | {t:.0} tok/s");
+    }
+    s
+}
+
+type Components<B, O> = LearningComponentsMarker<B, WarmupSchedule, DecpoModel<B>, O>;
+
+impl DecpoStrategy {
+    fn log(&self, split: &str, step: usize, values: &StepValues) {
+        let line = serde_json::to_string(&LogLine {
+            split,
+            step,
+            values,
+        })
+        .expect("step values serialise");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            log::warn!("cannot append to {}: {e}", self.log_path.display());
+        }
+    }
+
+    fn evaluate<B, O>(
+        &self,
+        learner: &Learner<Components<B, O>>,
+        loader: &ValidLoader<Components<B, O>>,
+        global: &Progress,
+        processor: &mut SupervisedTrainingEventProcessor<Components<B, O>>,
+    ) -> Option<StepValues>
+    where
+        B: AutodiffBackend,
+        O: Optimizer<DecpoModel<B>, B> + 'static,
+    {
+        let model = learner.model().valid();
+        let mut iter = loader.iter();
+        let mut total = None;
+        let mut i = 0;
+        while let Some(item) = iter.next() {
+            i += 1;
+            let values = burn::train::InferenceStep::step(&model, item);
+            merge_eval(&mut total, values.clone());
+            let item = TrainingItem::new(values, iter.progress(), global.clone(), Some(i), None);
+            processor.process_valid(LearnerEvent::ProcessedItem(item));
+        }
+        processor.process_valid(LearnerEvent::EndEpoch(global.items_processed));
+        total
+    }
+}
+
+impl<B, O> SupervisedLearningStrategy<Components<B, O>> for DecpoStrategy
+where
+    B: AutodiffBackend,
+    O: Optimizer<DecpoModel<B>, B> + 'static,
+{
+    fn fit(
+        &self,
+        components: TrainingComponents<Components<B, O>>,
+        mut learner: Learner<Components<B, O>>,
+        train: TrainLoader<Components<B, O>>,
+        valid: ValidLoader<Components<B, O>>,
+        starting_epoch: usize,
+    ) -> (
+        DecpoModel<B>,
+        SupervisedTrainingEventProcessor<Components<B, O>>,
+    ) {
+        let device = learner.model().policy.embed_tokens.weight.device();
+        let mut processor = components.event_processor;
+        let mut checkpointer = components.checkpointer;
+        let interrupter = components.interrupter;
+        let intervals = components.num_epochs;
+        let start = Instant::now();
+        let mut done = (starting_epoch - 1) * self.save_every;
+        let mut failure = None;
+        let mut evals = Vec::new();
+
+        'intervals: for k in starting_epoch..=intervals {
+            let global = Progress::new(k, intervals);
+            let first = (k - 1) * self.save_every;
+            let last = (k * self.save_every).min(self.total_steps);
+            let loader = train.slice(first, last);
+            let mut iter = loader.iter();
+            let mut i = 0;
+            while let Some(item) = iter.next() {
+                i += 1;
+                let step = first + i;
+                B::seed(&device, self.seed.wrapping_add(step as u64));
+                learner.lr_step();
+                let t0 = Instant::now();
+                let out = learner.train_step(item);
+                let mut values = out.item;
+                if !values.is_finite() {
+                    failure = Some(format!(
+                        "step {step}: the loss ({}) or the gradient norm ({}) is not finite; \
+                         stopped before the optimizer step, checkpoints left as they were",
+                        values.loss,
+                        values.grad_norm.unwrap_or(f64::NAN)
+                    ));
+                    interrupter.stop(failure.as_deref());
+                    break 'intervals;
+                }
+                learner.optimizer_step(out.grads);
+                let seconds = t0.elapsed().as_secs_f64();
+                values.tokens_per_s = Some(values.tokens as f64 / seconds.max(1e-9));
+                values.learning_rate = Some(learner.lr_current());
+                self.log("train", step, &values);
+                if self.print_every > 0 && (step.is_multiple_of(self.print_every) || step == 1) {
+                    eprintln!("step {step}/{} | {}", self.total_steps, describe(&values));
+                }
+                let lr = learner.lr_current();
+                let item =
+                    TrainingItem::new(values, iter.progress(), global.clone(), Some(i), Some(lr));
+                processor.process_train(LearnerEvent::ProcessedItem(item));
+                done = step;
+                if interrupter.should_stop() {
+                    break 'intervals;
+                }
+            }
+            processor.process_train(LearnerEvent::EndEpoch(k));
+            if let Some(values) = self.evaluate(&learner, &valid, &global, &mut processor) {
+                self.log("eval", done, &values);
+                if self.print_every > 0 {
+                    eprintln!("eval at step {done} | {}", describe(&values));
+                }
+                evals.push(EvalPoint { step: done, values });
+            }
+            if let Some(c) = &mut checkpointer {
+                c.checkpoint(&learner, k, &components.event_store);
+            }
+        }
+        // Dropping the checkpointer waits for its writes to finish.
+        drop(checkpointer);
+        let mut report = self.report.lock().expect("report lock");
+        report.failure = failure;
+        report.evals = evals;
+        report.steps_done = done;
+        report.seconds = start.elapsed().as_secs_f64();
+        (learner.model(), processor)
+    }
+}

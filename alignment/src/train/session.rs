@@ -1,0 +1,433 @@
+//! One training run end to end: adapters, reference, optimizer, schedule, burn-train's
+//! `SupervisedTraining` with the DecPO loop, checkpoints and resume.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::optim::AdamWConfig;
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::train::checkpoint::{
+    ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
+};
+use burn::train::logger::InMemoryMetricLogger;
+use burn::train::metric::store::{Aggregate, Direction, Split};
+use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
+use decpo_model::{Llama, LoraConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LossType, ObjectiveConfig};
+use crate::train::data::{PairReference, PairSet, StepLoader, plan_eval, plan_steps};
+use crate::train::metrics::ValueMetric;
+use crate::train::run::{
+    AtomicRecorder, DecpoStrategy, LoopReport, PlainRenderer, latest_checkpoint, merge_eval,
+};
+use crate::train::schedule::{Decay, WarmupSchedule};
+use crate::train::step::{DecpoModel, StepSettings, StepValues, pair_logps};
+
+/// Where the reference log-probs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReferenceMode {
+    /// One no-grad pass of the initial policy over all pairs before training, stored in the run
+    /// directory; the reference never runs during training.
+    Precomputed,
+    /// A frozen copy of the initial policy (without adapters), run every step.
+    Frozen,
+    /// The policy with its LoRA adapters removed, run every step (no second copy of the weights).
+    LoraOff,
+}
+
+/// Optimisation settings of a run (the `[train]` table of the TOML configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub decay: Decay,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (`None`: all epochs).
+    pub max_steps: Option<usize>,
+    /// Pairs per micro-batch.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step (their gradients are averaged).
+    pub accumulation: usize,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (`None`: off).
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    /// Optimizer steps between evaluations and checkpoints.
+    pub save_every: usize,
+    /// Checkpoints kept besides the best one.
+    pub keep_last: usize,
+    pub logits_chunk: usize,
+    pub reference: ReferenceMode,
+}
+
+impl Default for TrainSettings {
+    /// The authors' setup (SPEC section 5) where it applies to one CPU or GPU.
+    fn default() -> Self {
+        Self {
+            learning_rate: 3e-4,
+            warmup_steps: 0,
+            decay: Decay::Constant,
+            epochs: 10,
+            max_steps: None,
+            micro_batch: 16,
+            accumulation: 8,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+            seed: 42,
+            save_every: 50,
+            keep_last: 2,
+            logits_chunk: 64,
+            reference: ReferenceMode::Precomputed,
+        }
+    }
+}
+
+impl TrainSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("micro_batch", self.micro_batch),
+            ("accumulation", self.accumulation),
+            ("epochs", self.epochs),
+            ("save_every", self.save_every),
+            ("keep_last", self.keep_last),
+            ("logits_chunk", self.logits_chunk),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("train.{name} must be at least 1"));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(format!(
+                "train.learning_rate must be positive, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            return Err("train.adam_beta1 and adam_beta2 must be in [0, 1)".into());
+        }
+        if self.max_grad_norm.is_some_and(|m| m.is_nan() || m <= 0.0) {
+            return Err("train.max_grad_norm must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`train`].
+pub struct TrainResult<B: Backend> {
+    /// The trained policy (adapters not merged).
+    pub policy: Llama<B>,
+    pub report: LoopReport,
+    /// The checkpoint interval the run resumed from, if any.
+    pub resumed_from: Option<usize>,
+}
+
+/// Gives every parameter a new id and no gradient: a frozen copy the optimizer never confuses
+/// with the policy.
+struct Freeze;
+
+impl<B: Backend> ModuleMapper<B> for Freeze {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (_, tensor, _) = param.consume();
+        Param::from_tensor(tensor.detach()).set_require_grad(false)
+    }
+}
+
+/// Marks every parameter as trained (a model that went through `valid()` has none marked).
+struct Trainable;
+
+impl<B: Backend> ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}
+
+/// Reference log-probs of every pair of `set` under `model`, in `micro_batch`-pair batches.
+pub fn reference_logps<B: Backend>(
+    model: &Llama<B>,
+    set: &PairSet,
+    micro_batch: usize,
+    logits_chunk: usize,
+    device: &B::Device,
+) -> Vec<PairReference> {
+    let mut out = Vec::with_capacity(set.pairs.len());
+    for batch in plan_eval(set.pairs.len(), micro_batch) {
+        let m = set.micro_batch::<B>(&batch[0], device);
+        let l = pair_logps(model, &m.batch, logits_chunk);
+        let v = |t: Tensor<B, 1>| {
+            t.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32")
+        };
+        let (cs, rs) = (v(l.chosen.sum), v(l.rejected.sum));
+        let (cm, rm) = (v(l.chosen.mean), v(l.rejected.mean));
+        for i in 0..cs.len() {
+            out.push(PairReference {
+                chosen_sum: cs[i],
+                rejected_sum: rs[i],
+                chosen_mean: cm[i],
+                rejected_mean: rm[i],
+            });
+        }
+    }
+    out
+}
+
+/// A short hash of the initial weights' identity and the token ids of both splits.
+fn reference_key(model_key: &str, train: &PairSet, eval: &PairSet) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(model_key.as_bytes());
+    for set in [train, eval] {
+        h.update((set.pairs.len() as u64).to_le_bytes());
+        for p in &set.pairs {
+            for ids in [&p.prompt_ids, &p.chosen_ids, &p.rejected_ids] {
+                h.update((ids.len() as u64).to_le_bytes());
+                for id in ids.iter() {
+                    h.update(id.to_le_bytes());
+                }
+            }
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Loads the reference log-probs stored at `path` if they cover `n` pairs, else computes them
+/// with `compute` and stores them atomically.
+fn cached_reference(
+    path: &Path,
+    n: usize,
+    compute: impl FnOnce() -> Vec<PairReference>,
+) -> Result<Vec<PairReference>, String> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(v) = serde_json::from_str::<Vec<PairReference>>(&text)
+        && v.len() == n
+    {
+        return Ok(v);
+    }
+    let v = compute();
+    let tmp = path.with_extension("json.partial");
+    let text = serde_json::to_string(&v).expect("references serialise");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(v)
+}
+
+/// Everything a run needs besides the model and the data.
+pub struct RunSpec<'a> {
+    pub objective: &'a ObjectiveConfig,
+    pub train: &'a TrainSettings,
+    pub lora: Option<&'a LoraConfig>,
+    /// Run directory: checkpoints, `log.jsonl`, reference log-probs, burn's logs.
+    pub dir: &'a Path,
+    /// Continue from the newest complete checkpoint in `dir`, if there is one.
+    pub resume: bool,
+    /// burn's terminal dashboard (else plain lines on stderr).
+    pub dashboard: bool,
+    /// Identifies the initial weights in the reference cache's file name (e.g. a model path).
+    pub model_key: &'a str,
+}
+
+/// Number of optimizer steps a run over `n_pairs` training pairs takes.
+pub fn total_steps(s: &TrainSettings, n_pairs: usize) -> usize {
+    let per_epoch = n_pairs.div_ceil(s.micro_batch).div_ceil(s.accumulation);
+    let all = per_epoch.saturating_mul(s.epochs);
+    s.max_steps.map_or(all, |m| m.min(all))
+}
+
+/// Trains `policy` on `train_set`, evaluating on `eval_set` every `save_every` steps.
+pub fn train<B: AutodiffBackend>(
+    policy: Llama<B>,
+    mut train_set: PairSet,
+    mut eval_set: PairSet,
+    spec: &RunSpec,
+    device: &B::Device,
+) -> Result<TrainResult<B::InnerBackend>, String> {
+    let s = spec.train;
+    s.validate()?;
+    spec.objective.validate(policy.config.num_hidden_layers)?;
+    if train_set.pairs.is_empty() {
+        return Err("no training pairs".into());
+    }
+    std::fs::create_dir_all(spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+
+    let policy = match spec.lora {
+        Some(c) => {
+            c.validate(policy.config.num_hidden_layers)?;
+            policy.with_lora(c)
+        }
+        // Full fine-tuning: every weight trains.
+        None => policy.map(&mut Trainable),
+    };
+    let needs_reference = !matches!(spec.objective.loss, LossType::Simpo | LossType::Sft);
+    let mut reference = None;
+    match (needs_reference, s.reference) {
+        (false, _) => {}
+        (true, ReferenceMode::Precomputed) => {
+            let initial = policy.valid();
+            let inner_device = initial.embed_tokens.weight.device();
+            let key = reference_key(spec.model_key, &train_set, &eval_set);
+            for (name, set) in [("train", &mut train_set), ("eval", &mut eval_set)] {
+                let path = spec.dir.join(format!("reference-{name}-{key}.json"));
+                let n = set.pairs.len();
+                let r = cached_reference(&path, n, || {
+                    reference_logps(&initial, set, s.micro_batch, s.logits_chunk, &inner_device)
+                })?;
+                set.reference = Some(r);
+            }
+        }
+        (true, ReferenceMode::Frozen) => {
+            reference = Some(policy.without_adapters().map(&mut Freeze).no_grad());
+        }
+        (true, ReferenceMode::LoraOff) => {
+            if spec.lora.is_none() {
+                return Err("reference = \"lora-off\" needs LoRA adapters ([lora])".into());
+            }
+        }
+    }
+
+    let steps = total_steps(s, train_set.pairs.len());
+    let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
+    let plan = plan_steps(
+        &lengths,
+        s.micro_batch,
+        s.accumulation,
+        s.epochs,
+        s.seed,
+        steps,
+    );
+    let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
+    let train_loader = Arc::new(StepLoader::<B>::new(
+        Arc::new(train_set),
+        Arc::new(plan),
+        device.clone(),
+    ));
+    let eval_device = device.clone();
+    let eval_loader = Arc::new(StepLoader::<B::InnerBackend>::new(
+        Arc::new(eval_set),
+        Arc::new(eval_plan),
+        eval_device,
+    ));
+
+    let model = DecpoModel {
+        policy,
+        reference,
+        settings: StepSettings {
+            objective: spec.objective.clone(),
+            logits_chunk: s.logits_chunk,
+            max_grad_norm: s.max_grad_norm,
+        },
+    };
+    let optim = AdamWConfig::new()
+        .with_beta_1(s.adam_beta1 as f32)
+        .with_beta_2(s.adam_beta2 as f32)
+        .with_epsilon(s.adam_epsilon as f32)
+        .with_weight_decay(s.weight_decay as f32)
+        .init();
+    let schedule = WarmupSchedule::new(s.learning_rate, s.warmup_steps, steps, s.decay);
+    let intervals = steps.div_ceil(s.save_every);
+    let report = Arc::new(Mutex::new(LoopReport::default()));
+    let log_path: PathBuf = spec.dir.join("log.jsonl");
+    let resumed_from = if spec.resume {
+        latest_checkpoint(spec.dir)
+    } else {
+        None
+    };
+    if resumed_from.is_none() {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let strategy = DecpoStrategy {
+        total_steps: steps,
+        save_every: s.save_every,
+        seed: s.seed,
+        print_every: if spec.dashboard {
+            0
+        } else {
+            s.save_every.div_ceil(5).max(1)
+        },
+        log_path,
+        report: report.clone(),
+    };
+    let loss_metric = ValueMetric::all(false).swap_remove(0);
+    let mut training = SupervisedTraining::new(spec.dir, train_loader, eval_loader)
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
+        .with_file_checkpointer(AtomicRecorder::default())
+        .with_checkpointing_strategy(
+            ComposedCheckpointingStrategy::builder()
+                .add(KeepLastNCheckpoints::new(s.keep_last))
+                .add(MetricCheckpointingStrategy::new(
+                    &loss_metric,
+                    Aggregate::Mean,
+                    Direction::Lowest,
+                    Split::Valid,
+                ))
+                .build(),
+        )
+        .with_metric_logger(InMemoryMetricLogger::default())
+        .with_application_logger(None)
+        .num_epochs(intervals);
+    for m in ValueMetric::all(true) {
+        training = training.metric_train_numeric(m);
+    }
+    for m in ValueMetric::all(false) {
+        training = training.metric_valid_numeric(m);
+    }
+    if !spec.dashboard {
+        training = training.renderer(PlainRenderer);
+    }
+    if let Some(k) = resumed_from {
+        training = training.checkpoint(k);
+    }
+    let result = training.launch(Learner::new(model, optim, schedule));
+    drop(result.renderer);
+    let report = std::mem::take(&mut *report.lock().expect("report lock"));
+    if let Some(failure) = &report.failure {
+        return Err(failure.clone());
+    }
+    Ok(TrainResult {
+        policy: result.model.policy,
+        report,
+        resumed_from,
+    })
+}
+
+/// `policy` against `reference` on every pair of `set` (no gradients), averaged over pairs.
+pub fn evaluate<B: Backend>(
+    policy: &Llama<B>,
+    reference: &Llama<B>,
+    set: &PairSet,
+    settings: &StepSettings,
+    micro_batch: usize,
+    device: &B::Device,
+) -> StepValues {
+    let model = DecpoModel {
+        policy: policy.clone(),
+        reference: Some(reference.clone()),
+        settings: settings.clone(),
+    };
+    let mut total = None;
+    for batch in plan_eval(set.pairs.len(), micro_batch) {
+        let m = set.micro_batch::<B>(&batch[0], device);
+        let v = burn::train::InferenceStep::step(
+            &model,
+            crate::train::step::StepInput { micro: vec![m] },
+        );
+        merge_eval(&mut total, v);
+    }
+    total.unwrap_or_default()
+}

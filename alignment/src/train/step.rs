@@ -1,0 +1,274 @@
+//! The DecPO step as a burn-train model: [`DecpoModel`] implements `TrainStep` (policy forward
+//! and backward over the micro-batches of one optimizer step, loss scaled by 1/n so accumulated
+//! gradients average, then global-norm clipping) and `InferenceStep` (the same numbers, no
+//! gradients, for evaluation).
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use decpo_model::{CompletionBatch, Llama, completion_logps};
+use serde::Serialize;
+
+use crate::config::{LossType, ObjectiveConfig};
+use crate::loss::preference::{PairLogps, SideLogps};
+use crate::objective::{StepOutput, objective};
+use crate::train::clip::clip_global_norm;
+
+/// What a step needs besides the weights.
+#[derive(Debug, Clone)]
+pub struct StepSettings {
+    pub objective: ObjectiveConfig,
+    /// Positions unembedded at a time in the log-prob computation.
+    pub logits_chunk: usize,
+    /// Global gradient-norm clip; `None` = no clipping.
+    pub max_grad_norm: Option<f64>,
+}
+
+/// The trained model: the policy and, when the reference is a frozen copy, that copy (every
+/// parameter without gradient). Without a copy and without precomputed log-probs, the reference
+/// is the policy with its LoRA adapters removed.
+#[derive(Module, Debug)]
+pub struct DecpoModel<B: Backend> {
+    pub policy: Llama<B>,
+    pub reference: Option<Llama<B>>,
+    #[module(skip)]
+    pub settings: StepSettings,
+}
+
+/// One micro-batch: `pairs` pairs as `2·pairs` rows (chosen first) and, when precomputed, the
+/// reference log-probs of its rows.
+#[derive(Debug, Clone)]
+pub struct MicroBatch<B: Backend> {
+    pub batch: CompletionBatch<B>,
+    pub reference: Option<PairLogps<B>>,
+    pub pairs: usize,
+    /// Real (non-padding) tokens over all rows.
+    pub tokens: usize,
+}
+
+/// The micro-batches of one optimizer step.
+#[derive(Debug, Clone)]
+pub struct StepInput<B: Backend> {
+    pub micro: Vec<MicroBatch<B>>,
+}
+
+/// The step's numbers, on the host, averaged over its pairs (names as TRL logs them).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepValues {
+    pub loss: f64,
+    #[serde(rename = "loss/dpo")]
+    pub loss_pref: f64,
+    #[serde(rename = "loss/dec")]
+    pub loss_reg: f64,
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    /// FD of `dec_layer` on the batch's last real tokens (when a regularizer is set).
+    pub fd: Option<f64>,
+    /// Global gradient norm before clipping (training only).
+    pub grad_norm: Option<f64>,
+    pub pairs: usize,
+    pub tokens: usize,
+    /// Filled in by the training loop, which times the step.
+    pub tokens_per_s: Option<f64>,
+    /// Filled in by the training loop.
+    pub learning_rate: Option<f64>,
+}
+
+impl ItemLazy for StepValues {
+    type ItemSync = StepValues;
+
+    fn sync(self) -> Self {
+        self
+    }
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.mean().into_scalar().elem::<f64>()
+}
+
+impl StepValues {
+    /// Adds one micro-batch's results with weight `pairs`; [`StepValues::finish`] divides.
+    fn add<B: Backend>(&mut self, out: &StepOutput<B>, pairs: usize, tokens: usize) {
+        let w = pairs as f64;
+        let margins = out.rewards_chosen.clone() - out.rewards_rejected.clone();
+        self.loss += w * scalar(out.loss.clone());
+        self.loss_pref += w * scalar(out.loss_pref.clone());
+        self.loss_reg += w * scalar(out.loss_reg.clone());
+        self.rewards_chosen += w * scalar(out.rewards_chosen.clone());
+        self.rewards_rejected += w * scalar(out.rewards_rejected.clone());
+        self.rewards_margins += w * scalar(margins.clone());
+        self.rewards_accuracies += w * scalar(margins.greater_elem(0.0).float());
+        self.logps_chosen += w * scalar(out.policy.chosen.sum.clone());
+        self.logps_rejected += w * scalar(out.policy.rejected.sum.clone());
+        if let Some(fd) = &out.fd {
+            *self.fd.get_or_insert(0.0) += w * scalar(fd.clone());
+        }
+        self.pairs += pairs;
+        self.tokens += tokens;
+    }
+
+    fn finish(mut self) -> Self {
+        let w = self.pairs.max(1) as f64;
+        for v in [
+            &mut self.loss,
+            &mut self.loss_pref,
+            &mut self.loss_reg,
+            &mut self.rewards_chosen,
+            &mut self.rewards_rejected,
+            &mut self.rewards_margins,
+            &mut self.rewards_accuracies,
+            &mut self.logps_chosen,
+            &mut self.logps_rejected,
+        ] {
+            *v /= w;
+        }
+        if let Some(fd) = &mut self.fd {
+            *fd /= w;
+        }
+        self
+    }
+
+    /// Whether the loss and the gradient norm are finite.
+    pub fn is_finite(&self) -> bool {
+        self.loss.is_finite() && self.grad_norm.is_none_or(f64::is_finite)
+    }
+}
+
+/// Summed and mean completion log-probs of `model` on `batch`, as pairs.
+pub fn pair_logps<B: Backend>(
+    model: &Llama<B>,
+    batch: &CompletionBatch<B>,
+    logits_chunk: usize,
+) -> PairLogps<B> {
+    let out = model.forward(batch.input_ids.clone(), batch.attention_mask.clone(), &[]);
+    let l = completion_logps(
+        model,
+        out.hidden,
+        batch.input_ids.clone(),
+        batch.completion_mask.clone(),
+        logits_chunk,
+    );
+    PairLogps::from_rows(l.sum, l.mean)
+}
+
+impl<B: Backend> DecpoModel<B> {
+    /// The reference log-probs of `m`: precomputed, from the frozen copy, or from the policy
+    /// without adapters; zeros for reference-free losses.
+    fn reference_logps(&self, m: &MicroBatch<B>) -> PairLogps<B> {
+        if let Some(r) = &m.reference {
+            return r.clone();
+        }
+        if matches!(
+            self.settings.objective.loss,
+            LossType::Simpo | LossType::Sft
+        ) {
+            let zeros = Tensor::zeros([m.pairs], &m.batch.input_ids.device());
+            let side = SideLogps {
+                sum: zeros.clone(),
+                mean: zeros,
+            };
+            return PairLogps {
+                chosen: side.clone(),
+                rejected: side,
+            };
+        }
+        let chunk = self.settings.logits_chunk;
+        match &self.reference {
+            Some(frozen) => pair_logps(frozen, &m.batch, chunk),
+            None => pair_logps(&self.policy.without_adapters(), &m.batch, chunk),
+        }
+    }
+}
+
+fn batch_inner<B: AutodiffBackend>(b: &CompletionBatch<B>) -> CompletionBatch<B::InnerBackend> {
+    CompletionBatch {
+        input_ids: b.input_ids.clone().inner(),
+        attention_mask: b.attention_mask.clone().inner(),
+        completion_mask: b.completion_mask.clone().inner(),
+    }
+}
+
+fn logps_from_inner<B: AutodiffBackend>(p: PairLogps<B::InnerBackend>) -> PairLogps<B> {
+    let side = |s: SideLogps<B::InnerBackend>| SideLogps {
+        sum: Tensor::from_inner(s.sum),
+        mean: Tensor::from_inner(s.mean),
+    };
+    PairLogps {
+        chosen: side(p.chosen),
+        rejected: side(p.rejected),
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for DecpoModel<B> {
+    type Input = StepInput<B>;
+    type Output = StepValues;
+
+    fn step(&self, item: StepInput<B>) -> TrainOutput<StepValues> {
+        let n = item.micro.len().max(1);
+        // The reference runs on the inner backend: no autodiff graph, no second copy.
+        let inner = self.valid();
+        let mut accumulator = GradientsAccumulator::<Self>::new();
+        let mut values = StepValues::default();
+        for m in item.micro {
+            let reference = match &m.reference {
+                Some(r) => r.clone(),
+                None => logps_from_inner::<B>(inner.reference_logps(&MicroBatch {
+                    batch: batch_inner(&m.batch),
+                    reference: None,
+                    pairs: m.pairs,
+                    tokens: m.tokens,
+                })),
+            };
+            let out = objective(
+                &self.policy,
+                &m.batch,
+                &reference,
+                &self.settings.objective,
+                self.settings.logits_chunk,
+            );
+            values.add(&out, m.pairs, m.tokens);
+            let grads = out.loss.div_scalar(n as f64).backward();
+            accumulator.accumulate(self, GradientsParams::from_grads(grads, self));
+        }
+        let mut grads = accumulator.grads();
+        let norm = clip_global_norm(self, &mut grads, self.settings.max_grad_norm);
+        values.grad_norm = Some(norm);
+        TrainOutput {
+            grads,
+            item: values.finish(),
+        }
+    }
+}
+
+impl<B: Backend> InferenceStep for DecpoModel<B> {
+    type Input = StepInput<B>;
+    type Output = StepValues;
+
+    fn step(&self, item: StepInput<B>) -> StepValues {
+        let mut values = StepValues::default();
+        for m in item.micro {
+            let reference = self.reference_logps(&m);
+            let out = objective(
+                &self.policy,
+                &m.batch,
+                &reference,
+                &self.settings.objective,
+                self.settings.logits_chunk,
+            );
+            values.add(&out, m.pairs, m.tokens);
+        }
+        values.finish()
+    }
+}
