@@ -1,0 +1,351 @@
+//! The training loop on the embedded sort-digits data and small Llama: determinism, resume,
+//! NaN stop, checkpoints, and that DecPO learns the preference on held-out pairs.
+
+mod common;
+
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::Backend;
+use common::{AD, B, root};
+use decpo_alignment::train::data::PairSet;
+use decpo_alignment::train::run::latest_checkpoint;
+use decpo_alignment::train::schedule::Decay;
+use decpo_alignment::train::session::{ReferenceMode, RunSpec, TrainSettings, train};
+use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
+use decpo_datasets::{Task, TokenizeConfig, load_pairs, tokenize_pairs};
+use decpo_model::{Llama, LlamaConfig, LlamaTokenizer, LoraConfig};
+
+/// burn-ndarray's RNG (weight init, LoRA init, dropout) is one per process: tests that train
+/// must not interleave, or they would draw from each other's stream.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn data(n_train: usize, n_eval: usize) -> (PairSet, PairSet) {
+    let dir = root().join("datasets/default");
+    let tok = LlamaTokenizer::from_hf_dir(&dir).unwrap();
+    let loaded = load_pairs(
+        &dir.join("pairs.jsonl"),
+        &Task::from_name("trl").unwrap(),
+        false,
+    )
+    .unwrap();
+    let eos = tok.token_to_id("</s>").unwrap();
+    let config = TokenizeConfig {
+        max_prompt_length: 16,
+        max_length: 32,
+        eos_id: eos,
+    };
+    let (pairs, _) = tokenize_pairs(&tok, &loaded.pairs, &config, |_| {}).unwrap();
+    let set = |p: &[decpo_datasets::TokenizedPair]| PairSet {
+        pairs: p.to_vec(),
+        pad_id: 0,
+        reference: None,
+    };
+    (
+        set(&pairs[..n_train]),
+        set(&pairs[n_train..n_train + n_eval]),
+    )
+}
+
+fn model(seed: u64) -> Llama<AD> {
+    let text = std::fs::read_to_string(root().join("datasets/default/config.json")).unwrap();
+    let config = LlamaConfig::from_hf_json(&text, "config.json").unwrap();
+    let device = Default::default();
+    AD::seed(&device, seed);
+    config.init(&device)
+}
+
+fn settings() -> TrainSettings {
+    TrainSettings {
+        learning_rate: 2e-3,
+        warmup_steps: 2,
+        decay: Decay::Cosine,
+        epochs: 1,
+        max_steps: Some(6),
+        micro_batch: 4,
+        accumulation: 2,
+        save_every: 2,
+        keep_last: 2,
+        seed: 7,
+        ..TrainSettings::default()
+    }
+}
+
+fn objective() -> ObjectiveConfig {
+    ObjectiveConfig {
+        regularizer: Some(Regularizer::paper(4)),
+        ..ObjectiveConfig::default()
+    }
+}
+
+/// LoRA with dropout exercises the per-step RNG.
+fn lora() -> LoraConfig {
+    LoraConfig::new().with_dropout(0.1)
+}
+
+fn run(
+    dir: &Path,
+    resume: bool,
+    s: &TrainSettings,
+    lora: Option<&LoraConfig>,
+) -> Result<Llama<B>, String> {
+    let (train_set, eval_set) = data(48, 8);
+    let objective = objective();
+    train(
+        model(3),
+        train_set,
+        eval_set,
+        &RunSpec {
+            objective: &objective,
+            train: s,
+            lora,
+            dir,
+            resume,
+            dashboard: false,
+            model_key: "test",
+        },
+        &Default::default(),
+    )
+    .map(|r| r.policy)
+}
+
+/// Every parameter's values, in visiting order.
+fn weights(m: &Llama<B>) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            self.0.push(p.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+fn bits(w: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    w.iter()
+        .map(|t| t.iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn two_cpu_runs_give_bit_identical_weights() {
+    let _serial = serial();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = settings();
+    let ma = run(a.path(), false, &s, Some(&lora())).unwrap();
+    let mb = run(b.path(), false, &s, Some(&lora())).unwrap();
+    assert_eq!(bits(&weights(&ma)), bits(&weights(&mb)));
+    // And training changed the model: merged weights differ from the initial ones.
+    let init = weights(&model(3).valid());
+    assert_ne!(bits(&weights(&ma.merge_lora())), bits(&init));
+}
+
+#[test]
+fn resume_equals_uninterrupted() {
+    let _serial = serial();
+    for lora in [Some(lora()), None] {
+        let s = settings();
+        let full = tempfile::tempdir().unwrap();
+        let uninterrupted = weights(&run(full.path(), false, &s, lora.as_ref()).unwrap());
+
+        // A run that crashed after its second checkpoint (step 4): drop the third interval's files.
+        let crashed = tempfile::tempdir().unwrap();
+        run(crashed.path(), false, &s, lora.as_ref()).unwrap();
+        let ck = crashed.path().join("checkpoint");
+        for part in ["model", "optim", "scheduler"] {
+            std::fs::remove_file(ck.join(format!("{part}-3.mpk"))).unwrap();
+        }
+        assert_eq!(latest_checkpoint(crashed.path()), Some(2));
+        let resumed = weights(&run(crashed.path(), true, &s, lora.as_ref()).unwrap());
+        assert_eq!(
+            bits(&resumed),
+            bits(&uninterrupted),
+            "resumed run differs (lora: {})",
+            lora.is_some()
+        );
+        // The resumed run trained steps 5 and 6 only.
+        let log = std::fs::read_to_string(crashed.path().join("log.jsonl")).unwrap();
+        let train_steps: Vec<u64> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["split"] == "train")
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(train_steps, vec![1, 2, 3, 4, 5, 6, 5, 6]);
+    }
+}
+
+#[test]
+fn checkpoints_keep_the_last_two_and_leave_no_partial_files() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TrainSettings {
+        save_every: 1,
+        ..settings()
+    };
+    run(dir.path(), false, &s, None).unwrap();
+    let ck = dir.path().join("checkpoint");
+    let mut models: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("model-"))
+        .collect();
+    models.sort();
+    // The last two (5, 6) plus the best by eval loss if it is older.
+    assert!(models.contains(&"model-5.mpk".to_string()), "{models:?}");
+    assert!(models.contains(&"model-6.mpk".to_string()), "{models:?}");
+    assert!(models.len() <= 3, "{models:?}");
+    let partial = ck.join(".partial");
+    let leftovers = std::fs::read_dir(&partial).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "files left in {}", partial.display());
+    assert_eq!(latest_checkpoint(dir.path()), Some(6));
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TrainSettings {
+        learning_rate: 1e30,
+        warmup_steps: 0,
+        decay: Decay::Constant,
+        save_every: 1,
+        max_grad_norm: None,
+        ..settings()
+    };
+    let err = run(dir.path(), false, &s, None).unwrap_err();
+    assert!(err.contains("not finite"), "{err}");
+    let step: usize = err
+        .strip_prefix("step ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step in: {err}"));
+    assert!(step >= 2, "{err}");
+    // The checkpoint of the last good step is complete and loads.
+    let last = latest_checkpoint(dir.path()).expect("a checkpoint before the failure");
+    assert_eq!(last, step - 1);
+    let resumed = run(
+        dir.path(),
+        true,
+        &TrainSettings {
+            max_steps: Some(last),
+            ..s
+        },
+        None,
+    );
+    assert!(resumed.is_ok(), "{:?}", resumed.err());
+}
+
+#[test]
+fn decpo_learns_the_sorting_preference_on_held_out_pairs() {
+    let _serial = serial();
+    // SFT first so the reference is not random, then DecPO against it.
+    let (train_set, eval_set) = data(540, 60);
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let sft = ObjectiveConfig {
+        loss: LossType::Sft,
+        ..ObjectiveConfig::default()
+    };
+    let s = TrainSettings {
+        learning_rate: 3e-3,
+        epochs: 10,
+        max_steps: Some(60),
+        micro_batch: 16,
+        accumulation: 1,
+        save_every: 60,
+        seed: 1,
+        ..TrainSettings::default()
+    };
+    fn spec<'a>(
+        objective: &'a ObjectiveConfig,
+        train: &'a TrainSettings,
+        dir: &'a Path,
+    ) -> RunSpec<'a> {
+        RunSpec {
+            objective,
+            train,
+            lora: None,
+            dir,
+            resume: false,
+            dashboard: false,
+            model_key: "learns",
+        }
+    }
+    let (sft_dir, decpo_dir) = (dir.path().join("sft"), dir.path().join("decpo"));
+    let sft_model = train(
+        model(5),
+        train_set.clone(),
+        eval_set.clone(),
+        &spec(&sft, &s, &sft_dir),
+        &device,
+    )
+    .unwrap()
+    .policy;
+    let objective = objective();
+    let s = TrainSettings {
+        learning_rate: 1e-3,
+        max_steps: Some(80),
+        save_every: 40,
+        ..s
+    };
+    let result = train(
+        Llama::<AD>::from_inner(sft_model),
+        train_set,
+        eval_set,
+        &spec(&objective, &s, &decpo_dir),
+        &device,
+    )
+    .unwrap();
+    let last = &result.report.evals.last().unwrap().values;
+    assert_eq!(last.pairs, 60);
+    assert!(
+        last.rewards_accuracies > 0.8,
+        "held-out reward accuracy {}",
+        last.rewards_accuracies
+    );
+    assert!(
+        last.rewards_margins > 0.3,
+        "margin {}",
+        last.rewards_margins
+    );
+    let first = &result.report.evals[0].values;
+    assert!(last.rewards_margins > first.rewards_margins);
+}
+
+#[test]
+fn lora_off_and_frozen_references_give_the_precomputed_run() {
+    let _serial = serial();
+    // The three reference modes are the same numbers: a LoRA run's weights agree.
+    let mut out = Vec::new();
+    for mode in [
+        ReferenceMode::Precomputed,
+        ReferenceMode::Frozen,
+        ReferenceMode::LoraOff,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TrainSettings {
+            reference: mode,
+            max_steps: Some(3),
+            ..settings()
+        };
+        out.push(weights(&run(dir.path(), false, &s, Some(&lora())).unwrap()));
+    }
+    for (i, w) in out.iter().enumerate().skip(1) {
+        let max_diff = w
+            .iter()
+            .flatten()
+            .zip(out[0].iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_diff < 1e-5, "mode {i}: max |Δw| = {max_diff}");
+    }
+}
