@@ -3,7 +3,7 @@
 
 mod common;
 
-use burn::module::{Module, Param};
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use common::{AD, B};
