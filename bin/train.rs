@@ -61,8 +61,9 @@ struct RunConfig {
 }
 
 impl Default for RunConfig {
-    /// The authors' setup (SPEC section 5): LoRA r 8 / α 16 on q, v, up; β 0.1; DecPO with the
-    /// paper's λ at layer ⌊n/3⌋ (set when the model's depth is known).
+    /// What a configuration file leaves unsaid: full fine-tuning (no `[lora]`), no SFT phase,
+    /// β 0.1, the `[train]` defaults. (A run on `--model` without `--config` adds the authors'
+    /// LoRA.)
     fn default() -> Self {
         Self {
             model: None,
@@ -71,7 +72,7 @@ impl Default for RunConfig {
             data: prep::DataConfig::default(),
             sft: None,
             objective: ObjectiveConfig::default(),
-            lora: Some(LoraConfig::new()),
+            lora: None,
             train: TrainSettings::default(),
         }
     }
@@ -188,7 +189,11 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             toml::from_str(&text).with_context(|| format!("{}", path.display()))?
         }
         None if args.model.is_none() && args.data.is_empty() => embedded::config(),
-        None => RunConfig::default(),
+        // The authors' setup (SPEC section 5): LoRA r 8 / α 16 / dropout 0.05 on q, v, up.
+        None => RunConfig {
+            lora: Some(LoraConfig::new()),
+            ..RunConfig::default()
+        },
     };
     let d = &mut c.data;
     macro_rules! set {
