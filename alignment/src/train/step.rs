@@ -164,17 +164,14 @@ pub fn pair_logps<B: Backend>(
 }
 
 impl<B: Backend> DecpoModel<B> {
-    /// The reference log-probs of `m`: precomputed, from the frozen copy, or from the policy
-    /// without adapters; zeros for reference-free losses.
-    fn reference_logps(&self, m: &MicroBatch<B>) -> PairLogps<B> {
-        if let Some(r) = &m.reference {
-            return r.clone();
-        }
+    /// The reference log-probs of `batch` (`pairs` pairs) when they were not precomputed: from the
+    /// frozen copy, or from the policy without adapters; zeros for reference-free losses.
+    fn reference_logps(&self, batch: &CompletionBatch<B>, pairs: usize) -> PairLogps<B> {
         if matches!(
             self.settings.objective.loss,
             LossType::Simpo | LossType::Sft
         ) {
-            let zeros = Tensor::zeros([m.pairs], &m.batch.input_ids.device());
+            let zeros = Tensor::zeros([pairs], &batch.input_ids.device());
             let side = SideLogps {
                 sum: zeros.clone(),
                 mean: zeros,
@@ -186,9 +183,20 @@ impl<B: Backend> DecpoModel<B> {
         }
         let chunk = self.settings.logits_chunk;
         match &self.reference {
-            Some(frozen) => pair_logps(frozen, &m.batch, chunk),
-            None => pair_logps(&self.policy.without_adapters(), &m.batch, chunk),
+            Some(frozen) => pair_logps(frozen, batch, chunk),
+            None => pair_logps(&self.policy.without_adapters(), batch, chunk),
         }
+    }
+
+    /// The objective of the policy on one micro-batch, given its reference log-probs.
+    fn micro_objective(&self, m: &MicroBatch<B>, reference: &PairLogps<B>) -> StepOutput<B> {
+        objective(
+            &self.policy,
+            &m.batch,
+            reference,
+            &self.settings.objective,
+            self.settings.logits_chunk,
+        )
     }
 }
 
@@ -217,27 +225,20 @@ impl<B: AutodiffBackend> TrainStep for DecpoModel<B> {
 
     fn step(&self, item: StepInput<B>) -> TrainOutput<StepValues> {
         let n = item.micro.len().max(1);
-        // The reference runs on the inner backend: no autodiff graph, no second copy.
-        let inner = self.valid();
+        // A reference that was not precomputed runs on the inner backend: no autodiff graph, no
+        // second copy of the weights.
+        let mut inner = None;
         let mut accumulator = GradientsAccumulator::<Self>::new();
         let mut values = StepValues::default();
         for m in item.micro {
             let reference = match &m.reference {
                 Some(r) => r.clone(),
-                None => logps_from_inner::<B>(inner.reference_logps(&MicroBatch {
-                    batch: batch_inner(&m.batch),
-                    reference: None,
-                    pairs: m.pairs,
-                    tokens: m.tokens,
-                })),
+                None => {
+                    let inner = inner.get_or_insert_with(|| self.valid());
+                    logps_from_inner::<B>(inner.reference_logps(&batch_inner(&m.batch), m.pairs))
+                }
             };
-            let out = objective(
-                &self.policy,
-                &m.batch,
-                &reference,
-                &self.settings.objective,
-                self.settings.logits_chunk,
-            );
+            let out = self.micro_objective(&m, &reference);
             values.add(&out, m.pairs, m.tokens);
             let grads = out.loss.div_scalar(n as f64).backward();
             accumulator.accumulate(self, GradientsParams::from_grads(grads, self));
@@ -259,14 +260,11 @@ impl<B: Backend> InferenceStep for DecpoModel<B> {
     fn step(&self, item: StepInput<B>) -> StepValues {
         let mut values = StepValues::default();
         for m in item.micro {
-            let reference = self.reference_logps(&m);
-            let out = objective(
-                &self.policy,
-                &m.batch,
-                &reference,
-                &self.settings.objective,
-                self.settings.logits_chunk,
-            );
+            let reference = match &m.reference {
+                Some(r) => r.clone(),
+                None => self.reference_logps(&m.batch, m.pairs),
+            };
+            let out = self.micro_objective(&m, &reference);
             values.add(&out, m.pairs, m.tokens);
         }
         values.finish()
