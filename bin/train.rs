@@ -9,6 +9,8 @@
 mod backend;
 #[path = "train/embedded.rs"]
 mod embedded;
+#[path = "train/job.rs"]
+mod job;
 #[path = "train/prep.rs"]
 mod prep;
 
@@ -16,67 +18,16 @@ use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
-use decpo_alignment::measure::fd_per_layer;
-use decpo_alignment::train::data::PairSet;
+use decpo_alignment::measure::LayerMeasure;
 use decpo_alignment::train::run::describe;
-use decpo_alignment::train::session::{ReferenceMode, RunSpec, TrainSettings, evaluate, train};
-use decpo_alignment::train::step::{StepSettings, StepValues};
-use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
-use decpo_datasets::TokenizedPair;
-use decpo_model::{
-    Llama, LlamaTokenizer, LoraConfig, load_pretrained, save_hf_dir, save_lora_adapters,
-};
-use serde::{Deserialize, Serialize};
+use decpo_alignment::train::session::ReferenceMode;
+use decpo_alignment::{LossType, Regularizer};
+use decpo_model::LoraConfig;
 
 use crate::backend::{Autodiff, device};
-
-/// An SFT phase on the chosen completions before preference optimisation (so the reference of a
-/// model that was never instruction-tuned is not random).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SftPhase {
-    steps: usize,
-    learning_rate: f64,
-}
-
-/// The whole configuration of a run: a TOML file, then flags on top.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RunConfig {
-    /// GGUF file or Hugging Face directory; absent = the embedded small Llama.
-    model: Option<PathBuf>,
-    /// Run directory: checkpoints, logs, the exported model.
-    out: PathBuf,
-    /// `f32`, or `bf16` (CUDA only).
-    dtype: String,
-    data: prep::DataConfig,
-    sft: Option<SftPhase>,
-    objective: ObjectiveConfig,
-    /// LoRA adapters; absent = full fine-tuning.
-    lora: Option<LoraConfig>,
-    train: TrainSettings,
-}
-
-impl Default for RunConfig {
-    /// What a configuration file leaves unsaid: full fine-tuning (no `[lora]`), no SFT phase,
-    /// β 0.1, the `[train]` defaults. (A run on `--model` without `--config` adds the authors'
-    /// LoRA.)
-    fn default() -> Self {
-        Self {
-            model: None,
-            out: PathBuf::from("runs/decpo"),
-            dtype: "f32".into(),
-            data: prep::DataConfig::default(),
-            sft: None,
-            objective: ObjectiveConfig::default(),
-            lora: None,
-            train: TrainSettings::default(),
-        }
-    }
-}
+use crate::job::{RunConfig, SftPhase};
 
 #[derive(Parser, Debug)]
 #[command(about = "DPO / DecPO training of a Llama model on preference pairs")]
@@ -302,197 +253,32 @@ fn regularizer(args: &Args, c: &mut RunConfig, n_layers: usize) -> anyhow::Resul
     Ok(())
 }
 
-fn pair_set(pairs: Vec<TokenizedPair>, tok: &LlamaTokenizer) -> PairSet {
-    let pad_id = tok
-        .pad_token
-        .as_deref()
-        .or(tok.eos_token.as_deref())
-        .and_then(|t| tok.token_to_id(t))
-        .unwrap_or(0);
-    PairSet {
-        pairs,
-        pad_id,
-        reference: None,
-    }
-}
-
-/// FD of every layer over the eval prompts.
-fn layer_fd<B: Backend>(model: &Llama<B>, set: &PairSet, device: &B::Device) -> Vec<f64> {
-    let prompts: Vec<Vec<u32>> = set.pairs.iter().map(|p| p.prompt_ids.clone()).collect();
-    fd_per_layer(model, &prompts, set.pad_id, 32, device)
-}
-
-#[derive(Serialize)]
-struct Summary {
-    model: String,
-    steps: usize,
-    seconds: f64,
-    eval_before: StepValues,
-    eval_after: StepValues,
-    fd_before: Vec<f64>,
-    fd_after: Vec<f64>,
-    checkpoints: PathBuf,
-    exported: PathBuf,
-    adapters: Option<PathBuf>,
-}
-
 fn run<B: AutodiffBackend>(
     args: &Args,
     mut c: RunConfig,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let (model, tok, model_name): (Llama<B>, LlamaTokenizer, String) = match &c.model {
-        Some(path) => {
-            let p = load_pretrained::<B>(path, device)
-                .with_context(|| format!("loading {}", path.display()))?;
-            let tok = p
-                .tokenizer
-                .with_context(|| format!("{} has no tokenizer (tokenizer.json)", path.display()))?;
-            (p.model, tok, path.display().to_string())
-        }
-        None => {
-            let (m, t) = embedded::model::<B>(&c.out, c.train.seed, device)?;
-            (m, t, "embedded sort-digits Llama".into())
-        }
-    };
-    let n_layers = model.config.num_hidden_layers;
-    regularizer(args, &mut c, n_layers)?;
-    if c.model.is_none() && c.data.files.is_empty() {
-        c.data.files = vec![embedded::data(&c.out)?];
-    }
+    let loaded = job::load::<B>(&mut c, device)?;
+    regularizer(args, &mut c, loaded.model.config.num_hidden_layers)?;
     if args.print_config {
         print!("{}", toml::to_string(&c)?);
         return Ok(());
     }
-    c.objective.validate(n_layers).map_err(anyhow::Error::msg)?;
-    let eos = prep::eos_id(&tok, &model_name)?;
-    let prepared = prep::prepare(&c.data, &tok, eos, c.train.seed)?;
-    let _ = std::io::stdout()
-        .lock()
-        .write_all(prepared.summary.as_bytes());
+    c.objective
+        .validate(loaded.model.config.num_hidden_layers)
+        .map_err(anyhow::Error::msg)?;
+    let data = job::data(&c, &loaded.tok, &loaded.name)?;
+    let _ = std::io::stdout().lock().write_all(data.summary.as_bytes());
     if args.dry_run {
         return Ok(());
     }
-    let train_set = pair_set(prepared.train, &tok);
-    let eval_set = pair_set(prepared.eval, &tok);
     let dashboard = std::io::stdout().is_terminal();
-
-    // Phase 1 (optional): SFT on the chosen completions, full weights or adapters merged after.
-    let mut policy = model;
-    if let Some(sft) = &c.sft {
-        let objective = ObjectiveConfig {
-            loss: LossType::Sft,
-            regularizer: None,
-            ..c.objective.clone()
-        };
-        let settings = TrainSettings {
-            learning_rate: sft.learning_rate,
-            max_steps: Some(sft.steps),
-            epochs: usize::MAX / 2,
-            save_every: sft.steps,
-            ..c.train.clone()
-        };
-        eprintln!("SFT: {} steps", sft.steps);
-        let dir = c.out.join("sft");
-        let result = train(
-            policy,
-            train_set.clone(),
-            eval_set.clone(),
-            &RunSpec {
-                objective: &objective,
-                train: &settings,
-                lora: c.lora.as_ref(),
-                dir: &dir,
-                resume: args.resume,
-                dashboard,
-                model_key: &format!("{model_name} sft"),
-            },
-            device,
-        )
-        .map_err(anyhow::Error::msg)?;
-        policy = Llama::from_inner(result.policy.merge_lora());
-    }
-
-    // Phase 2: preference optimisation.
-    let initial = policy.valid();
-    let inner_device = initial.embed_tokens.weight.device();
-    let step_settings = StepSettings {
-        objective: c.objective.clone(),
-        logits_chunk: c.train.logits_chunk,
-        max_grad_norm: None,
-    };
-    let eval_before = evaluate(
-        &initial,
-        &initial,
-        &eval_set,
-        &step_settings,
-        c.train.micro_batch,
-        &inner_device,
-    );
-    let fd_before = layer_fd(&initial, &eval_set, &inner_device);
-    let dir = c.out.join("decpo");
-    let key = format!(
-        "{model_name} sft={:?} seed={}",
-        c.sft.as_ref().map(|s| s.steps),
-        c.train.seed
-    );
-    let result = train(
-        policy,
-        train_set,
-        eval_set.clone(),
-        &RunSpec {
-            objective: &c.objective,
-            train: &c.train,
-            lora: c.lora.as_ref(),
-            dir: &dir,
-            resume: args.resume,
-            dashboard,
-            model_key: &key,
-        },
-        device,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let trained = result.policy;
-    let eval_after = evaluate(
-        &trained,
-        &initial,
-        &eval_set,
-        &step_settings,
-        c.train.micro_batch,
-        &inner_device,
-    );
-    let fd_after = layer_fd(&trained, &eval_set, &inner_device);
-
-    let exported = c.out.join("model");
-    save_hf_dir(&trained.merge_lora(), Some(&tok), &exported)?;
-    let adapters = match &c.lora {
-        Some(l) => {
-            let dir = c.out.join("adapters");
-            save_lora_adapters(&trained, l, &model_name, &dir)?;
-            Some(dir)
-        }
-        None => None,
-    };
-    let summary = Summary {
-        model: model_name,
-        steps: result.report.steps_done,
-        seconds: result.report.seconds,
-        eval_before,
-        eval_after,
-        fd_before,
-        fd_after,
-        checkpoints: dir.join("checkpoint"),
-        exported,
-        adapters,
-    };
-    let path = c.out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    print_summary(&summary, result.resumed_from, &path);
+    let out = job::run::<B>(&c, loaded, data, args.resume, dashboard, device)?;
+    print_summary(&out.summary, out.resumed_from, &c.out.join("summary.json"));
     Ok(())
 }
 
-fn print_summary(s: &Summary, resumed_from: Option<usize>, path: &Path) {
+fn print_summary(s: &job::Summary, resumed_from: Option<usize>, path: &Path) {
     println!("\n== DecPO run: {} ==", s.model);
     if let Some(k) = resumed_from {
         println!("resumed from checkpoint {k}");
@@ -504,15 +290,18 @@ fn print_summary(s: &Summary, resumed_from: Option<usize>, path: &Path) {
     );
     println!("  before: {}", describe(&s.eval_before));
     println!("  after:  {}", describe(&s.eval_after));
-    let fmt = |v: &[f64]| {
+    let fmt = |v: &[LayerMeasure], f: fn(&LayerMeasure) -> f64| {
         v.iter()
-            .map(|x| format!("{x:.4}"))
+            .map(|m| format!("{:.4}", f(m)))
             .collect::<Vec<_>>()
             .join(" ")
     };
     println!("FD per layer (held-out prompts, last token of up_proj):");
-    println!("  before: {}", fmt(&s.fd_before));
-    println!("  after:  {}", fmt(&s.fd_after));
+    println!("  before: {}", fmt(&s.layers_before, |m| m.fd));
+    println!("  after:  {}", fmt(&s.layers_after, |m| m.fd));
+    println!("AV per layer:");
+    println!("  before: {}", fmt(&s.layers_before, |m| m.av));
+    println!("  after:  {}", fmt(&s.layers_after, |m| m.av));
     println!("checkpoints: {}", s.checkpoints.display());
     println!(
         "exported model (Hugging Face, LoRA merged): {}",

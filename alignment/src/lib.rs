@@ -2,6 +2,8 @@
 //! decorrelation regularizer (arXiv 2406.17969), over any burn backend.
 
 pub mod config;
+pub mod evaluate;
+pub mod judge;
 pub mod loss;
 pub mod measure;
 pub mod objective;

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use decpo_alignment::train::session::TrainSettings;
 use decpo_model::{Llama, LlamaConfig, LlamaTokenizer};
 
-use super::{RunConfig, SftPhase};
+use crate::job::{RunConfig, SftPhase};
 
 const CONFIG: &str = include_str!("../../datasets/default/config.json");
 const TOKENIZER: &str = include_str!("../../datasets/default/tokenizer.json");

@@ -311,3 +311,15 @@ pub fn prepare(
         summary: out,
     })
 }
+
+/// A model path as the binaries take it: a GGUF file, a Hugging Face directory, or a `train` run
+/// directory, which stands for the model it exported (`<run>/model`).
+#[allow(dead_code)] // not used by `train` itself
+pub fn resolve_model(path: &Path) -> PathBuf {
+    let exported = path.join("model");
+    if path.join("summary.json").is_file() && exported.is_dir() {
+        exported
+    } else {
+        path.to_path_buf()
+    }
+}

@@ -32,9 +32,11 @@ use burn::train::{
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
     TrainingItem, ValidLoader,
 };
-use serde::Serialize;
+use decpo_model::Llama;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use crate::measure::{LayerMeasure, measure_layers};
 use crate::train::schedule::WarmupSchedule;
 use crate::train::step::{DecpoModel, StepValues};
 
@@ -129,10 +131,17 @@ struct LogLine<'a> {
 }
 
 /// Eval results of one checkpoint interval, averaged over the eval pairs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalPoint {
     pub step: usize,
     pub values: StepValues,
+}
+
+/// Per-layer FD/AV of the policy at one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbePoint {
+    pub step: usize,
+    pub layers: Vec<LayerMeasure>,
 }
 
 /// What the loop reports back besides the model.
@@ -141,6 +150,8 @@ pub struct LoopReport {
     /// Set when the run stopped on a non-finite loss or gradient.
     pub failure: Option<String>,
     pub evals: Vec<EvalPoint>,
+    /// FD/AV of every layer on the probe prompts, by optimizer step (0 = before training).
+    pub probes: Vec<ProbePoint>,
     pub steps_done: usize,
     pub seconds: f64,
 }
@@ -154,6 +165,10 @@ pub struct DecpoStrategy {
     pub print_every: usize,
     pub log_path: PathBuf,
     pub report: Arc<Mutex<LoopReport>>,
+    /// Prompts whose per-layer FD/AV is measured before training and at every evaluation
+    /// (empty: none), right-padded with `pad_id`.
+    pub probe: Vec<Vec<u32>>,
+    pub pad_id: u32,
 }
 
 /// Folds `v` into the pair-weighted average `acc`.
@@ -210,6 +225,26 @@ impl DecpoStrategy {
             values,
         })
         .expect("step values serialise");
+        self.append(&line);
+    }
+
+    /// Measures the probe prompts on `policy` and logs them as a `probe` line.
+    fn probe<B: Backend>(&self, policy: &Llama<B>, step: usize) -> Option<ProbePoint> {
+        if self.probe.is_empty() {
+            return None;
+        }
+        let device = policy.embed_tokens.weight.device();
+        let layers: Vec<usize> = (0..policy.config.num_hidden_layers).collect();
+        let point = ProbePoint {
+            step,
+            layers: measure_layers(policy, &self.probe, self.pad_id, 16, &layers, &device),
+        };
+        let line = serde_json::json!({"split": "probe", "step": step, "layers": point.layers});
+        self.append(&line.to_string());
+        Some(point)
+    }
+
+    fn append(&self, line: &str) {
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -272,6 +307,10 @@ where
         let mut done = (starting_epoch - 1) * self.save_every;
         let mut failure = None;
         let mut evals = Vec::new();
+        let mut probes = Vec::new();
+        if starting_epoch == 1 {
+            probes.extend(self.probe(&learner.model().valid().policy, 0));
+        }
 
         'intervals: for k in starting_epoch..=intervals {
             let global = Progress::new(k, intervals);
@@ -323,6 +362,7 @@ where
                 }
                 evals.push(EvalPoint { step: done, values });
             }
+            probes.extend(self.probe(&learner.model().valid().policy, done));
             if let Some(c) = &mut checkpointer {
                 c.checkpoint(&learner, k, &components.event_store);
             }
@@ -332,6 +372,7 @@ where
         let mut report = self.report.lock().expect("report lock");
         report.failure = failure;
         report.evals = evals;
+        report.probes = probes;
         report.steps_done = done;
         report.seconds = start.elapsed().as_secs_f64();
         (learner.model(), processor)

@@ -66,6 +66,9 @@ pub struct TrainSettings {
     pub keep_last: usize,
     pub logits_chunk: usize,
     pub reference: ReferenceMode,
+    /// Held-out prompts (the first of the eval split) whose per-layer FD and AV are measured
+    /// before training and at every evaluation, logged as `probe` lines (0: off).
+    pub probe_prompts: usize,
 }
 
 impl Default for TrainSettings {
@@ -89,6 +92,7 @@ impl Default for TrainSettings {
             keep_last: 2,
             logits_chunk: 64,
             reference: ReferenceMode::Precomputed,
+            probe_prompts: 64,
         }
     }
 }
@@ -312,6 +316,14 @@ pub fn train<B: AutodiffBackend>(
         steps,
     );
     let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
+    let probe: Vec<Vec<u32>> = eval_set
+        .pairs
+        .iter()
+        .take(s.probe_prompts)
+        .map(|p| p.prompt_ids.clone())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let pad_id = eval_set.pad_id;
     let train_loader = Arc::new(StepLoader::<B>::new(
         Arc::new(train_set),
         Arc::new(plan),
@@ -362,6 +374,8 @@ pub fn train<B: AutodiffBackend>(
         },
         log_path,
         report: report.clone(),
+        probe,
+        pad_id,
     };
     let loss_metric = ValueMetric::all(false).swap_remove(0);
     let mut training = SupervisedTraining::new(spec.dir, train_loader, eval_loader)

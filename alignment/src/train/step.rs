@@ -55,7 +55,7 @@ pub struct StepInput<B: Backend> {
 }
 
 /// The step's numbers, on the host, averaged over its pairs (names as TRL logs them).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct StepValues {
     pub loss: f64,
     #[serde(rename = "loss/dpo")]

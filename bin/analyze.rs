@@ -1,0 +1,165 @@
+//! `analyze`: monosemanticity measures (SPEC section 4) of one or more models on a task's prompts:
+//! FD and AV per layer, the top tokens of each layer's most active MLP neuron, JSON and CSV
+//! files, and plots (FD vs relative depth, AV difference vs relative depth, FD of the regularized
+//! layer over a run's training steps).
+//!
+//! cargo run --release --bin analyze -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --model runs/decpo --task cognitive-reframing \
+//!     --data ../shared/data/cognitive-reframing/reframing_dataset.csv --out analysis
+//!
+//! A `--model` is a GGUF file, a Hugging Face directory, or a `train` run directory (its exported
+//! `model/`). Relative depth is l / (L − 1), so models of different depths share one axis.
+
+mod backend;
+#[path = "analyze/measures.rs"]
+mod measures;
+#[path = "analyze/plots.rs"]
+mod plots;
+#[path = "train/prep.rs"]
+mod prep;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::measures::{ModelAnalysis, analyze_model, fd_over_steps, write_outputs};
+
+#[derive(Parser, Debug)]
+#[command(about = "Per-layer FD / AV, top tokens and plots for one or more models")]
+struct Args {
+    /// Model: GGUF file, Hugging Face directory or train run directory (repeat for several).
+    #[arg(long, required = true, num_args = 1)]
+    model: Vec<PathBuf>,
+    /// Names of the models in tables and legends (default: the file or directory name).
+    #[arg(long, num_args = 1)]
+    name: Vec<String>,
+    /// Preference files whose prompts are measured.
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Data adapter (as `train --task`).
+    #[arg(long, default_value = "trl")]
+    task: String,
+    /// Most prompts measured (SPEC: 1000).
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Which prompts: `eval` (the held-out part, as `train` splits it) or `all`.
+    #[arg(long, default_value = "eval")]
+    prompts: String,
+    /// Layers: `all` or a comma-separated list of 0-based indices.
+    #[arg(long, default_value = "all")]
+    layers: String,
+    /// Top tokens listed per layer.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Training runs (train's --out directories) whose FD over steps is plotted.
+    #[arg(long, num_args = 1)]
+    run: Vec<PathBuf>,
+    #[arg(long)]
+    skip_invalid: bool,
+    #[arg(long, default_value_t = 128)]
+    max_prompt_length: usize,
+    /// Output directory for JSON, CSV and plots.
+    #[arg(long, default_value = "analysis")]
+    out: PathBuf,
+    /// Print `{"layers": [{"layer", "fd", "av"}, ...]}` (of the first model) to stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_layers(spec: &str, n: usize) -> anyhow::Result<Vec<usize>> {
+    if spec == "all" {
+        return Ok((0..n).collect());
+    }
+    spec.split(',')
+        .map(|s| {
+            let l: usize = s
+                .trim()
+                .parse()
+                .with_context(|| format!("--layers: `{s}` is not a layer index"))?;
+            if l >= n {
+                bail!("--layers: layer {l} out of range (the model has {n})");
+            }
+            Ok(l)
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.name.is_empty() && args.name.len() != args.model.len() {
+        bail!("give one --name per --model or none");
+    }
+    if !matches!(args.prompts.as_str(), "eval" | "all") {
+        bail!("--prompts: `eval` or `all`, got `{}`", args.prompts);
+    }
+    let device = backend::device();
+    let data = prep::DataConfig {
+        task: args.task.clone(),
+        files: args.data.clone(),
+        skip_invalid: args.skip_invalid,
+        max_prompt_length: args.max_prompt_length,
+        max_length: args.max_prompt_length + 1,
+        ..prep::DataConfig::default()
+    };
+    data.validate()?;
+    let mut analyses: Vec<ModelAnalysis> = Vec::new();
+    for (i, path) in args.model.iter().enumerate() {
+        let name = args.name.get(i).cloned();
+        let a = analyze_model::<backend::Backend>(
+            path,
+            name,
+            &data,
+            args.prompts == "all",
+            args.n,
+            |n| parse_layers(&args.layers, n),
+            args.top_k,
+            &device,
+        )?;
+        eprintln!(
+            "{}: {} prompts, {} layers measured",
+            a.model,
+            a.prompts,
+            a.layers.len()
+        );
+        analyses.push(a);
+    }
+    let runs = args
+        .run
+        .iter()
+        .map(|r| fd_over_steps(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let files = write_outputs(&args.out, &analyses, &runs)?;
+    for f in &files {
+        eprintln!("wrote {}", f.display());
+    }
+    if args.json {
+        let mut v = serde_json::json!({ "layers": analyses[0].layers });
+        if analyses.len() > 1 {
+            v["models"] = serde_json::to_value(&analyses)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for a in &analyses {
+            println!("== {} ({} prompts)", a.model, a.prompts);
+            println!("layer  rel.depth      FD          AV   top tokens of the most active neuron");
+            for (m, t) in a.layers.iter().zip(&a.top_tokens) {
+                println!(
+                    "{:>5}  {:>9.3}  {:>8.4}  {:>10.4}   n{}: {}",
+                    m.layer,
+                    m.relative_depth,
+                    m.fd,
+                    m.av,
+                    t.neuron,
+                    t.tokens
+                        .iter()
+                        .take(6)
+                        .map(|s| format!("{s:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,386 @@
+#![allow(dead_code)] // shared by `analyze` and `experiment`; each uses a part
+//! What `analyze` computes for one model and writes for several: FD/AV per layer, top tokens,
+//! JSON, CSV and plots. Also used by `experiment`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use decpo_alignment::measure::{
+    LayerMeasure, av_of_rows, fd_of_rows, last_token_activations, top_tokens,
+};
+use decpo_alignment::train::run::ProbePoint;
+use decpo_model::{Llama, LlamaTokenizer, load_pretrained};
+use serde::{Deserialize, Serialize};
+
+use plotters::prelude::SeriesLabelPosition;
+
+use crate::plots::{Labels, Series, line_chart};
+use crate::prep;
+
+/// FD and AV of one layer, with its relative depth l / (L − 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerRow {
+    pub layer: usize,
+    pub relative_depth: f64,
+    pub fd: f64,
+    pub av: f64,
+}
+
+/// The top tokens of a layer's most active neuron, decoded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopTokenRow {
+    pub layer: usize,
+    pub neuron: usize,
+    pub mean_activation: f64,
+    pub ids: Vec<u32>,
+    pub tokens: Vec<String>,
+    pub logits: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelAnalysis {
+    pub model: String,
+    pub path: PathBuf,
+    pub prompts: usize,
+    pub n_layers: usize,
+    pub layers: Vec<LayerRow>,
+    pub top_tokens: Vec<TopTokenRow>,
+}
+
+fn relative_depth(layer: usize, n: usize) -> f64 {
+    if n <= 1 {
+        0.0
+    } else {
+        layer as f64 / (n - 1) as f64
+    }
+}
+
+/// Measures `model` (already loaded) on `prompts`.
+#[allow(clippy::too_many_arguments)]
+pub fn analyze_loaded<B: Backend>(
+    name: String,
+    path: PathBuf,
+    model: &Llama<B>,
+    tok: &LlamaTokenizer,
+    prompts: &[Vec<u32>],
+    pad_id: u32,
+    layers: &[usize],
+    top_k: usize,
+    device: &B::Device,
+) -> anyhow::Result<ModelAnalysis> {
+    if prompts.len() < 2 {
+        bail!("{name}: FD needs at least 2 prompts, got {}", prompts.len());
+    }
+    let n = model.config.num_hidden_layers;
+    let rows = last_token_activations(model, prompts, pad_id, 16, layers, device);
+    let mut out = ModelAnalysis {
+        model: name,
+        path,
+        prompts: prompts.len(),
+        n_layers: n,
+        layers: Vec::new(),
+        top_tokens: Vec::new(),
+    };
+    for (z, &layer) in rows.into_iter().zip(layers) {
+        let m = LayerMeasure {
+            layer,
+            fd: fd_of_rows(z.clone()),
+            av: av_of_rows(z.clone()),
+        };
+        out.layers.push(LayerRow {
+            layer,
+            relative_depth: relative_depth(layer, n),
+            fd: m.fd,
+            av: m.av,
+        });
+        let t = top_tokens(model, layer, z, top_k);
+        let tokens = t
+            .ids
+            .iter()
+            .map(|&id| {
+                tok.decode(&[id], false)
+                    .unwrap_or_else(|_| format!("<{id}>"))
+            })
+            .collect();
+        out.top_tokens.push(TopTokenRow {
+            layer,
+            neuron: t.neuron,
+            mean_activation: t.mean_activation,
+            ids: t.ids,
+            tokens,
+            logits: t.logits,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads the model at `path`, tokenizes the prompts of `data` with its tokenizer and measures it.
+#[allow(clippy::too_many_arguments)]
+pub fn analyze_model<B: Backend>(
+    path: &Path,
+    name: Option<String>,
+    data: &prep::DataConfig,
+    all_prompts: bool,
+    n: usize,
+    layers: impl Fn(usize) -> anyhow::Result<Vec<usize>>,
+    top_k: usize,
+    device: &B::Device,
+) -> anyhow::Result<ModelAnalysis> {
+    let resolved = prep::resolve_model(path);
+    let p = load_pretrained::<B>(&resolved, device)
+        .with_context(|| format!("loading {}", resolved.display()))?;
+    let tok = p
+        .tokenizer
+        .with_context(|| format!("{} has no tokenizer", resolved.display()))?;
+    let name = name.unwrap_or_else(|| {
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+    });
+    let eos = prep::eos_id(&tok, &name)?;
+    let prepared = prep::prepare(data, &tok, eos, 42)?;
+    eprint!("{}", prepared.summary);
+    let source = if all_prompts {
+        prepared.train.into_iter().chain(prepared.eval).collect()
+    } else {
+        prepared.eval
+    };
+    let prompts: Vec<Vec<u32>> = source
+        .into_iter()
+        .map(|p| p.prompt_ids)
+        .filter(|p| !p.is_empty())
+        .take(n)
+        .collect();
+    let pad_id = tok
+        .pad_token
+        .as_deref()
+        .or(tok.eos_token.as_deref())
+        .and_then(|t| tok.token_to_id(t))
+        .unwrap_or(0);
+    let layers = layers(p.model.config.num_hidden_layers)?;
+    analyze_loaded(
+        name, resolved, &p.model, &tok, &prompts, pad_id, &layers, top_k, device,
+    )
+}
+
+/// FD/AV of every layer at each evaluation of a training run (its `probe` log lines).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunCurve {
+    pub name: String,
+    /// The regularized layer (from the run's config.toml; ⌊L/3⌋ without a regularizer).
+    pub dec_layer: usize,
+    pub points: Vec<ProbePoint>,
+}
+
+/// Reads the probe lines of the run in `dir` (train's `--out`, or its `decpo/` directory).
+pub fn fd_over_steps(dir: &Path) -> anyhow::Result<RunCurve> {
+    let log = [dir.join("decpo/log.jsonl"), dir.join("log.jsonl")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{}: no log.jsonl (is it a train run directory?)",
+                dir.display()
+            )
+        })?;
+    let text = std::fs::read_to_string(&log).with_context(|| format!("{}", log.display()))?;
+    let mut points = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", log.display(), i + 1))?;
+        if v["split"] == "probe" {
+            let p: ProbePoint = serde_json::from_value(v)
+                .with_context(|| format!("{} line {}: bad probe line", log.display(), i + 1))?;
+            points.push(p);
+        }
+    }
+    if points.is_empty() {
+        bail!(
+            "{}: no probe lines (train with [train] probe_prompts > 0)",
+            log.display()
+        );
+    }
+    let n_layers = points[0].layers.len();
+    let config = dir.join("config.toml");
+    let dec_layer = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("objective")?
+                .get("regularizer")?
+                .get("layer")?
+                .as_integer()
+        })
+        .map_or(n_layers / 3, |l| l as usize);
+    let name = dir
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    Ok(RunCurve {
+        name,
+        dec_layer,
+        points,
+    })
+}
+
+fn csv_err(path: &Path) -> impl Fn(csv::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("{}: {e}", path.display())
+}
+
+/// Writes analysis.json, layers.csv, top_tokens.csv and the plots into `out`.
+pub fn write_outputs(
+    out: &Path,
+    analyses: &[ModelAnalysis],
+    runs: &[RunCurve],
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+    let mut files = Vec::new();
+    let json = out.join("analysis.json");
+    let doc = serde_json::json!({ "models": analyses, "runs": runs });
+    std::fs::write(&json, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("{}", json.display()))?;
+    files.push(json);
+
+    let path = out.join("layers.csv");
+    let mut w = csv::Writer::from_path(&path).map_err(csv_err(&path))?;
+    w.write_record(["model", "layer", "relative_depth", "fd", "av"])
+        .map_err(csv_err(&path))?;
+    for a in analyses {
+        for l in &a.layers {
+            w.write_record([
+                a.model.clone(),
+                l.layer.to_string(),
+                format!("{:.4}", l.relative_depth),
+                format!("{:.6}", l.fd),
+                format!("{:.6}", l.av),
+            ])
+            .map_err(csv_err(&path))?;
+        }
+    }
+    w.flush()?;
+    files.push(path);
+
+    let path = out.join("top_tokens.csv");
+    let mut w = csv::Writer::from_path(&path).map_err(csv_err(&path))?;
+    w.write_record([
+        "model",
+        "layer",
+        "neuron",
+        "mean_activation",
+        "rank",
+        "id",
+        "token",
+        "logit",
+    ])
+    .map_err(csv_err(&path))?;
+    for a in analyses {
+        for t in &a.top_tokens {
+            for (rank, ((id, token), logit)) in
+                t.ids.iter().zip(&t.tokens).zip(&t.logits).enumerate()
+            {
+                w.write_record([
+                    a.model.clone(),
+                    t.layer.to_string(),
+                    t.neuron.to_string(),
+                    format!("{:.4}", t.mean_activation),
+                    (rank + 1).to_string(),
+                    id.to_string(),
+                    token.clone(),
+                    format!("{logit:.4}"),
+                ])
+                .map_err(csv_err(&path))?;
+            }
+        }
+    }
+    w.flush()?;
+    files.push(path);
+
+    let by_depth = |f: fn(&LayerRow) -> f64| -> Vec<Series> {
+        analyses
+            .iter()
+            .map(|a| Series {
+                name: a.model.clone(),
+                points: a.layers.iter().map(|l| (l.relative_depth, f(l))).collect(),
+            })
+            .collect()
+    };
+    files.extend(line_chart(
+        &out.join("fd_depth"),
+        &Labels {
+            title: "Feature decorrelation per layer",
+            x: "relative depth l / (L - 1)",
+            y: "FD = 1 - mean pairwise cosine",
+            legend: SeriesLabelPosition::LowerLeft,
+        },
+        &by_depth(|l| l.fd),
+        false,
+    )?);
+    files.extend(line_chart(
+        &out.join("av_depth"),
+        &Labels {
+            title: "Activation variance per layer",
+            x: "relative depth l / (L - 1)",
+            y: "AV = mean variance over d_ff",
+            legend: SeriesLabelPosition::UpperLeft,
+        },
+        &by_depth(|l| l.av),
+        false,
+    )?);
+    if analyses.len() > 1 {
+        let base = &analyses[0];
+        let diffs: Vec<Series> = analyses[1..]
+            .iter()
+            .map(|a| Series {
+                name: format!("{} - {}", a.model, base.model),
+                points: a
+                    .layers
+                    .iter()
+                    .filter_map(|l| {
+                        let b = base.layers.iter().find(|b| b.layer == l.layer)?;
+                        Some((l.relative_depth, l.av - b.av))
+                    })
+                    .collect(),
+            })
+            .collect();
+        files.extend(line_chart(
+            &out.join("av_diff_depth"),
+            &Labels {
+                title: &format!("AV difference against {}", base.model),
+                x: "relative depth l / (L - 1)",
+                y: "AV difference",
+                legend: SeriesLabelPosition::UpperLeft,
+            },
+            &diffs,
+            true,
+        )?);
+    }
+    if !runs.is_empty() {
+        let series: Vec<Series> = runs
+            .iter()
+            .map(|r| Series {
+                name: format!("{} (layer {})", r.name, r.dec_layer),
+                points: r
+                    .points
+                    .iter()
+                    .filter_map(|p| {
+                        let l = p.layers.iter().find(|l| l.layer == r.dec_layer)?;
+                        Some((p.step as f64, l.fd))
+                    })
+                    .collect(),
+            })
+            .collect();
+        files.extend(line_chart(
+            &out.join("fd_steps"),
+            &Labels {
+                title: "FD of the regularized layer during training (held-out prompts)",
+                x: "optimizer step",
+                y: "FD",
+                legend: SeriesLabelPosition::LowerRight,
+            },
+            &series,
+            false,
+        )?);
+    }
+    Ok(files)
+}

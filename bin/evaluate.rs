@@ -1,0 +1,261 @@
+//! `evaluate`: a policy against a reference on held-out preference pairs (per-pair completion
+//! log-probs, rewards, loss and regularizer value; reward accuracy, mean margin, mean loss), and
+//! optionally generation judged by a local model (% YES, every response saved as JSONL).
+//!
+//! cargo run --release --bin evaluate -- --policy runs/decpo \
+//!     --reference models/SmolLM2-135M-Instruct.Q4_1.gguf --task cognitive-reframing \
+//!     --data ../shared/data/cognitive-reframing/reframing_dataset.csv --json
+//!
+//! Models are GGUF files, Hugging Face directories or `train` run directories. Without
+//! `--reference` the policy is its own reference. Log-probs are summed over the completion
+//! tokens, the appended EOS included.
+
+mod backend;
+#[path = "train/prep.rs"]
+mod prep;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use decpo_alignment::evaluate::{evaluate_pairs, summarize};
+use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
+use decpo_alignment::{LossType, ObjectiveConfig, RegPosition, RegRows, Regularizer};
+use decpo_model::{Llama, SamplingConfig, load_pretrained};
+
+use crate::backend::{Backend, device};
+
+#[derive(Parser, Debug)]
+#[command(about = "Held-out rewards of a policy against a reference, and judged generations")]
+struct Args {
+    /// The policy: GGUF file, Hugging Face directory or train run directory.
+    #[arg(long)]
+    policy: PathBuf,
+    /// The reference (default: the policy itself).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Data adapter (as `train --task`).
+    #[arg(long, default_value = "trl")]
+    task: String,
+    /// Which pairs: `eval` (the held-out part, as `train` splits it) or `all`.
+    #[arg(long, default_value = "eval")]
+    pairs: String,
+    #[arg(long, default_value_t = 0.1)]
+    eval_fraction: f64,
+    /// Most pairs evaluated.
+    #[arg(long)]
+    n: Option<usize>,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// sigmoid, ipo, hinge, simpo or sft.
+    #[arg(long, default_value = "sigmoid")]
+    loss: String,
+    /// Regularizer whose value is reported per pair: paper, l1 or none.
+    #[arg(long, default_value = "paper")]
+    regularizer: String,
+    /// Its layer (default ⌊L/3⌋).
+    #[arg(long)]
+    dec_layer: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    max_prompt_length: usize,
+    #[arg(long, default_value_t = 256)]
+    max_length: usize,
+    #[arg(long)]
+    skip_invalid: bool,
+    /// Judge model: turns on the generation eval.
+    #[arg(long)]
+    judge: Option<PathBuf>,
+    /// Prompts generated from and judged.
+    #[arg(long, default_value_t = 50)]
+    generate: usize,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the (prompt, response, judge answer) lines go.
+    #[arg(long, default_value = "generations.jsonl")]
+    generations: PathBuf,
+    /// Print `{"pairs": [...], "summary": {...}}` to stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load(
+    path: &std::path::Path,
+) -> anyhow::Result<(Llama<Backend>, Option<decpo_model::LlamaTokenizer>)> {
+    let resolved = prep::resolve_model(path);
+    let p = load_pretrained::<Backend>(&resolved, &device())
+        .with_context(|| format!("loading {}", resolved.display()))?;
+    Ok((p.model, p.tokenizer))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !matches!(args.pairs.as_str(), "eval" | "all") {
+        bail!("--pairs: `eval` or `all`, got `{}`", args.pairs);
+    }
+    let device = device();
+    let (policy, tok) = load(&args.policy)?;
+    let tok = tok.with_context(|| format!("{} has no tokenizer", args.policy.display()))?;
+    let reference = match &args.reference {
+        Some(r) => {
+            let (m, _) = load(r)?;
+            if m.config.vocab_size != policy.config.vocab_size {
+                bail!(
+                    "{} has a vocabulary of {} tokens, the policy {}: they cannot share token ids",
+                    r.display(),
+                    m.config.vocab_size,
+                    policy.config.vocab_size
+                );
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    let n_layers = policy.config.num_hidden_layers;
+    let layer = args.dec_layer.unwrap_or(n_layers / 3);
+    if layer >= n_layers {
+        bail!("--dec-layer {layer}: the model has {n_layers} layers");
+    }
+    let loss: LossType = serde_json::from_value(serde_json::Value::String(args.loss.clone()))
+        .map_err(|_| anyhow::anyhow!("--loss: unknown value `{}`", args.loss))?;
+    let (rows, position) = (RegRows::All, RegPosition::Last);
+    let regularizer = match args.regularizer.as_str() {
+        "paper" => Some(Regularizer::Paper {
+            lambda: 1e-4,
+            layer,
+            rows,
+            position,
+            normalize: true,
+        }),
+        "l1" => Some(Regularizer::L1 {
+            lambda: 1e-4,
+            layer,
+            rows,
+            position,
+        }),
+        "none" => None,
+        other => bail!("--regularizer: unknown value `{other}` (paper, l1, none)"),
+    };
+    let objective = ObjectiveConfig {
+        loss,
+        beta: args.beta,
+        regularizer,
+        ..ObjectiveConfig::default()
+    };
+
+    let data = prep::DataConfig {
+        task: args.task.clone(),
+        files: args.data.clone(),
+        skip_invalid: args.skip_invalid,
+        max_prompt_length: args.max_prompt_length,
+        max_length: args.max_length,
+        eval_fraction: args.eval_fraction,
+        ..prep::DataConfig::default()
+    };
+    data.validate()?;
+    let eos = prep::eos_id(&tok, &args.policy.display().to_string())?;
+    let prepared = prep::prepare(&data, &tok, eos, 42)?;
+    eprint!("{}", prepared.summary);
+    let mut pairs = if args.pairs == "all" {
+        prepared.train.into_iter().chain(prepared.eval).collect()
+    } else {
+        prepared.eval
+    };
+    if let Some(n) = args.n {
+        pairs.truncate(n);
+    }
+    if pairs.is_empty() {
+        bail!(
+            "no pairs to evaluate (--pairs {}, --n {:?})",
+            args.pairs,
+            args.n
+        );
+    }
+    let pad_id = tok
+        .pad_token
+        .as_deref()
+        .or(tok.eos_token.as_deref())
+        .and_then(|t| tok.token_to_id(t))
+        .unwrap_or(0);
+    let evals = evaluate_pairs(
+        &policy,
+        reference.as_ref(),
+        &pairs,
+        pad_id,
+        &objective,
+        64,
+        &device,
+    );
+    let summary = summarize(&evals);
+
+    let mut generation = None;
+    if let Some(judge_path) = &args.judge {
+        let question = JudgeQuestion::for_task(&args.task).with_context(|| {
+            format!("--judge: task `{}` has no judge question (toxicity-pairs, hh-rlhf, cognitive-reframing, sycophancy-*)", args.task)
+        })?;
+        let (jm, jt) = load(judge_path)?;
+        let jt = jt.with_context(|| format!("{} has no tokenizer", judge_path.display()))?;
+        let judge = Judge::new(&jm, &jt, &device).map_err(anyhow::Error::msg)?;
+        let sampling = SamplingConfig {
+            temperature: args.temperature,
+            top_p: 1.0,
+            seed: args.seed,
+        };
+        let judged = generate_and_judge(
+            &policy,
+            &tok,
+            &pairs,
+            args.generate,
+            args.max_new_tokens,
+            &sampling,
+            question,
+            &judge,
+            &device,
+            |j| eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes),
+        )
+        .map_err(anyhow::Error::msg)?;
+        write_jsonl(&args.generations, &judged).map_err(anyhow::Error::msg)?;
+        let (rate, p) = yes_rate(&judged);
+        generation = Some(serde_json::json!({
+            "prompts": judged.len(),
+            "yes_rate": rate,
+            "mean_p_yes": p,
+            "file": args.generations,
+        }));
+    }
+
+    if args.json {
+        let mut v = serde_json::json!({ "pairs": evals, "summary": summary });
+        if let Some(g) = generation {
+            v["generation"] = g;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{} held-out pairs, β {}", summary.pairs, args.beta);
+    println!("  reward accuracy  {:.3}", summary.reward_accuracy);
+    println!("  mean margin      {:.4}", summary.mean_margin);
+    println!("  mean loss        {:.4}", summary.mean_loss);
+    if let Some(r) = summary.mean_reg {
+        println!("  mean regularizer {r:.4} (layer {layer}, before λ)");
+    }
+    println!(
+        "  mean logps       chosen {:.2}, rejected {:.2}",
+        summary.mean_logps_chosen, summary.mean_logps_rejected
+    );
+    if let Some(g) = generation {
+        println!(
+            "judged YES: {:.1} % of {} responses (every line in {})",
+            g["yes_rate"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            g["prompts"],
+            args.generations.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! `experiment`: the paper's comparison in one command. Trains SFT, DPO, SimPO, L1-Reg and DecPO
+//! from the same base model on the same data, seeds and budget, evaluates each on the held-out
+//! pairs (reward accuracy and margin against the base model) and by generation with a local
+//! judge, measures FD/AV per layer, and writes one report (Markdown, plots, JSON).
+//!
+//! cargo run --release --bin experiment -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --task cognitive-reframing --data ../shared/data/cognitive-reframing/reframing_dataset.csv \
+//!     --max-steps 60 --out reports/smollm2-reframing
+
+mod backend;
+#[path = "train/embedded.rs"]
+mod embedded;
+#[path = "experiment/eval.rs"]
+mod eval;
+#[path = "train/job.rs"]
+mod job;
+#[path = "analyze/measures.rs"]
+mod measures;
+#[path = "analyze/plots.rs"]
+mod plots;
+#[path = "train/prep.rs"]
+mod prep;
+#[path = "experiment/report.rs"]
+mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use decpo_alignment::train::session::TrainSettings;
+use decpo_alignment::{LossType, ObjectiveConfig, RegPosition, RegRows, Regularizer};
+use decpo_model::LoraConfig;
+
+use crate::backend::{Autodiff, device};
+use crate::eval::{GenerationSettings, MethodResult, evaluate_method};
+use crate::job::RunConfig;
+
+/// The methods of the paper's Table 2.
+const METHODS: [&str; 5] = ["sft", "dpo", "simpo", "l1", "decpo"];
+
+#[derive(Parser, Debug)]
+#[command(about = "SFT, DPO, SimPO, L1-Reg and DecPO from one base model, evaluated side by side")]
+struct Args {
+    /// Base model: GGUF file or Hugging Face directory (absent: the embedded small Llama).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Data adapter (as `train --task`).
+    #[arg(long)]
+    task: Option<String>,
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Report directory.
+    #[arg(long, default_value = "reports/experiment")]
+    out: PathBuf,
+    /// Methods, comma-separated, from: sft, dpo, simpo, l1, decpo.
+    #[arg(long, default_value = "sft,dpo,simpo,l1,decpo")]
+    methods: String,
+    /// Seeds, comma-separated; every method runs once per seed.
+    #[arg(long, default_value = "42")]
+    seeds: String,
+    /// Optimizer steps per run (the same budget for every method).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    #[arg(long)]
+    accumulation: Option<usize>,
+    #[arg(long)]
+    save_every: Option<usize>,
+    #[arg(long)]
+    beta: Option<f64>,
+    /// DecPO's λ (paper mode).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// L1-Reg's λ₁.
+    #[arg(long)]
+    l1_lambda: Option<f64>,
+    /// The regularized layer of DecPO and L1-Reg (default ⌊L/3⌋).
+    #[arg(long)]
+    dec_layer: Option<usize>,
+    #[arg(long)]
+    max_prompt_length: Option<usize>,
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    /// Use only the first N training pairs (file order), for a smaller budget.
+    #[arg(long)]
+    train_pairs: Option<usize>,
+    #[arg(long)]
+    skip_invalid: bool,
+    /// Full fine-tuning instead of the authors' LoRA.
+    #[arg(long)]
+    no_lora: bool,
+    /// Judge model for the generation eval (default: the base model).
+    #[arg(long)]
+    judge: Option<PathBuf>,
+    /// Held-out prompts generated from and judged (0: no generation eval).
+    #[arg(long, default_value_t = 20)]
+    gen_prompts: usize,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature of the generation eval (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Only rewrite the report of `--out` from its results.json (no training).
+    #[arg(long)]
+    report_only: bool,
+}
+
+fn list<T: std::str::FromStr>(flag: &str, s: &str) -> anyhow::Result<Vec<T>> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--{flag}: cannot read `{x}`"))
+        })
+        .collect()
+}
+
+/// The shared configuration of every run, before the method is applied.
+fn base_config(args: &Args) -> RunConfig {
+    let mut c = match &args.model {
+        None => embedded::config(),
+        Some(m) => RunConfig {
+            model: Some(m.clone()),
+            lora: Some(LoraConfig::new()),
+            ..RunConfig::default()
+        },
+    };
+    if args.no_lora {
+        c.lora = None;
+    }
+    if let Some(t) = &args.task {
+        c.data.task = t.clone();
+    }
+    if !args.data.is_empty() {
+        c.data.files = args.data.clone();
+    }
+    c.data.skip_invalid |= args.skip_invalid;
+    let d = &mut c.data;
+    d.max_prompt_length = args.max_prompt_length.unwrap_or(d.max_prompt_length);
+    d.max_length = args.max_length.unwrap_or(d.max_length);
+    d.eval_fraction = args.eval_fraction.unwrap_or(d.eval_fraction);
+    let t: &mut TrainSettings = &mut c.train;
+    t.max_steps = args.max_steps.or(t.max_steps);
+    t.epochs = args.epochs.unwrap_or(t.epochs);
+    t.learning_rate = args.learning_rate.unwrap_or(t.learning_rate);
+    t.micro_batch = args.micro_batch.unwrap_or(t.micro_batch);
+    t.accumulation = args.accumulation.unwrap_or(t.accumulation);
+    t.save_every = args.save_every.unwrap_or(t.save_every);
+    c.objective.beta = args.beta.unwrap_or(c.objective.beta);
+    // Every method starts from the same weights: no SFT phase inside the runs.
+    c.sft = None;
+    c
+}
+
+/// The objective of `method` on top of the shared one.
+fn objective(method: &str, base: &ObjectiveConfig, args: &Args, layer: usize) -> ObjectiveConfig {
+    let with = |loss, regularizer| ObjectiveConfig {
+        loss,
+        regularizer,
+        ..base.clone()
+    };
+    match method {
+        "sft" => with(LossType::Sft, None),
+        "simpo" => with(LossType::Simpo, None),
+        "l1" => with(
+            LossType::Sigmoid,
+            Some(Regularizer::L1 {
+                lambda: args.l1_lambda.unwrap_or(1e-4),
+                layer,
+                rows: RegRows::All,
+                position: RegPosition::Last,
+            }),
+        ),
+        "decpo" => with(
+            LossType::Sigmoid,
+            Some(Regularizer::Paper {
+                lambda: args.lambda.unwrap_or(1e-4),
+                layer,
+                rows: RegRows::All,
+                position: RegPosition::Last,
+                normalize: true,
+            }),
+        ),
+        _ => with(LossType::Sigmoid, None),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let methods: Vec<String> = list("methods", &args.methods)?;
+    if let Some(bad) = methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+        bail!(
+            "--methods: unknown method `{bad}` (one of {})",
+            METHODS.join(", ")
+        );
+    }
+    let seeds: Vec<u64> = list("seeds", &args.seeds)?;
+    if args.report_only {
+        let path = args.out.join("results.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            settings: report::Settings,
+            results: Vec<MethodResult>,
+        }
+        let saved: Saved =
+            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        for f in report::write(&args.out, &saved.settings, &saved.results)? {
+            println!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
+    let device = device();
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
+
+    let mut shared = base_config(&args);
+    shared.out = args.out.join("runs/base");
+    let loaded = job::load::<Autodiff>(&mut shared, &device)?;
+    let n_layers = loaded.model.config.num_hidden_layers;
+    let layer = args.dec_layer.unwrap_or(n_layers / 3);
+    let mut data = job::data(&shared, &loaded.tok, &loaded.name)?;
+    print!("{}", data.summary);
+    if let Some(n) = args.train_pairs {
+        data.train.pairs.truncate(n);
+    }
+    let generation_settings = GenerationSettings {
+        question: decpo_alignment::judge::JudgeQuestion::for_task(&shared.data.task),
+        prompts: args.gen_prompts,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        judge: args.judge.clone(),
+    };
+    let base_model = burn::module::AutodiffModule::valid(&loaded.model);
+    let mut results: Vec<MethodResult> = Vec::new();
+    eprintln!("== base model: evaluating");
+    results.push(evaluate_method(
+        "base",
+        0,
+        &base_model,
+        &base_model,
+        &loaded.tok,
+        &data.eval,
+        &shared,
+        layer,
+        &generation_settings,
+        None,
+        &device,
+    )?);
+    for &seed in &seeds {
+        for method in &methods {
+            let mut c = shared.clone();
+            c.out = args.out.join(format!("runs/{method}-s{seed}"));
+            c.train.seed = seed;
+            c.objective = objective(method, &shared.objective, &args, layer);
+            eprintln!("== {method} (seed {seed}): training");
+            let run_loaded = job::Loaded {
+                model: loaded.model.clone(),
+                tok: loaded.tok.clone(),
+                name: loaded.name.clone(),
+            };
+            let run_data = job::JobData {
+                train: data.train.clone(),
+                eval: data.eval.clone(),
+                summary: String::new(),
+            };
+            let out = job::run::<Autodiff>(&c, run_loaded, run_data, false, false, &device)?;
+            eprintln!("== {method} (seed {seed}): evaluating");
+            results.push(evaluate_method(
+                method,
+                seed,
+                &out.trained,
+                &base_model,
+                &loaded.tok,
+                &data.eval,
+                &c,
+                layer,
+                &generation_settings,
+                Some(out.summary),
+                &device,
+            )?);
+        }
+    }
+    let settings = report::Settings {
+        model: loaded.name.clone(),
+        task: shared.data.task.clone(),
+        files: shared.data.files.clone(),
+        train_pairs: data.train.pairs.len(),
+        eval_pairs: data.eval.pairs.len(),
+        layer,
+        n_layers,
+        seeds,
+        config: toml::to_string(&shared)?,
+        decpo_lambda: args.lambda.unwrap_or(1e-4),
+        l1_lambda: args.l1_lambda.unwrap_or(1e-4),
+        gen_prompts: args.gen_prompts,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        judge: args.judge.as_ref().map_or_else(
+            || format!("{} (the base model)", loaded.name),
+            |j| j.display().to_string(),
+        ),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        minutes: started.elapsed().as_secs_f64() / 60.0,
+        backend: backend::name().into(),
+    };
+    let files = report::write(&args.out, &settings, &results)?;
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Evaluation of one trained model (or the base): held-out pairs against the base model,
+//! FD/AV per layer with top tokens, and generation judged by a local model.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use decpo_alignment::evaluate::{EvalSummary, evaluate_pairs, summarize};
+use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
+use decpo_alignment::train::data::PairSet;
+use decpo_alignment::{LossType, ObjectiveConfig, RegPosition, RegRows, Regularizer};
+use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::job::{MEASURE_PROMPTS, RunConfig, Summary};
+use crate::measures::{ModelAnalysis, analyze_loaded};
+
+/// How the generation eval runs.
+pub struct GenerationSettings {
+    /// The task's judge question; `None`: no generation eval.
+    pub question: Option<JudgeQuestion>,
+    pub prompts: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    /// Judge model; `None`: the base model.
+    pub judge: Option<PathBuf>,
+}
+
+/// What the judge said about one model's responses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerationResult {
+    pub prompts: usize,
+    pub yes: usize,
+    pub yes_rate: f64,
+    pub mean_p_yes: f64,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodResult {
+    pub method: String,
+    pub seed: u64,
+    /// Held-out pairs, DPO (sigmoid, the run's β) against the base model.
+    pub eval: EvalSummary,
+    pub analysis: ModelAnalysis,
+    pub generation: Option<GenerationResult>,
+    /// The training run's own summary (absent for the base model).
+    pub train: Option<Summary>,
+}
+
+/// Evaluates `model` (a trained method, or the base itself) against `base`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_method(
+    method: &str,
+    seed: u64,
+    model: &Llama<Backend>,
+    base: &Llama<Backend>,
+    tok: &LlamaTokenizer,
+    eval_set: &PairSet,
+    c: &RunConfig,
+    layer: usize,
+    generation_settings: &GenerationSettings,
+    train: Option<Summary>,
+    device: &<Backend as burn::tensor::backend::BackendTypes>::Device,
+) -> anyhow::Result<MethodResult> {
+    // DPO's view of every model, with the paper's regularizer value reported per pair.
+    let objective = ObjectiveConfig {
+        loss: LossType::Sigmoid,
+        regularizer: Some(Regularizer::Paper {
+            lambda: 1e-4,
+            layer,
+            rows: RegRows::All,
+            position: RegPosition::Last,
+            normalize: true,
+        }),
+        ..c.objective.clone()
+    };
+    let pairs = evaluate_pairs(
+        model,
+        Some(base),
+        &eval_set.pairs,
+        eval_set.pad_id,
+        &objective,
+        c.train.logits_chunk,
+        device,
+    );
+    let name = if method == "base" {
+        "base".to_string()
+    } else {
+        format!("{method}-s{seed}")
+    };
+    let pairs_file = c.out.join("eval_pairs.json");
+    std::fs::create_dir_all(&c.out)?;
+    std::fs::write(&pairs_file, serde_json::to_string_pretty(&pairs)?)
+        .with_context(|| format!("{}", pairs_file.display()))?;
+    let eval = summarize(&pairs);
+    let prompts: Vec<Vec<u32>> = eval_set
+        .pairs
+        .iter()
+        .take(MEASURE_PROMPTS)
+        .map(|p| p.prompt_ids.clone())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let layers: Vec<usize> = (0..model.config.num_hidden_layers).collect();
+    let analysis = analyze_loaded(
+        name.clone(),
+        c.out.clone(),
+        model,
+        tok,
+        &prompts,
+        eval_set.pad_id,
+        &layers,
+        10,
+        device,
+    )?;
+    let generation = match generation_settings.question {
+        Some(q) if generation_settings.prompts > 0 => {
+            let judge = match &generation_settings.judge {
+                Some(path) => {
+                    let p = load_pretrained::<Backend>(path, device)
+                        .with_context(|| format!("loading the judge {}", path.display()))?;
+                    let t = p
+                        .tokenizer
+                        .with_context(|| format!("{} has no tokenizer", path.display()))?;
+                    Some((p.model, t))
+                }
+                None => None,
+            };
+            let (jm, jt) = match &judge {
+                Some((m, t)) => (m, t),
+                None => (base, tok),
+            };
+            let judge = Judge::new(jm, jt, device).map_err(anyhow::Error::msg)?;
+            let sampling = SamplingConfig {
+                temperature: generation_settings.temperature,
+                top_p: 1.0,
+                seed,
+            };
+            let judged = generate_and_judge(
+                model,
+                tok,
+                &eval_set.pairs,
+                generation_settings.prompts,
+                generation_settings.max_new_tokens,
+                &sampling,
+                q,
+                &judge,
+                device,
+                |_| {},
+            )
+            .map_err(anyhow::Error::msg)?;
+            let file = c.out.join("generations.jsonl");
+            write_jsonl(&file, &judged).map_err(anyhow::Error::msg)?;
+            let (yes_rate, mean_p_yes) = yes_rate(&judged);
+            Some(GenerationResult {
+                prompts: judged.len(),
+                yes: judged.iter().filter(|j| j.answer == "YES").count(),
+                yes_rate,
+                mean_p_yes,
+                file,
+            })
+        }
+        _ => None,
+    };
+    eprintln!(
+        "{name}: reward accuracy {:.3}, margin {:.4}{}",
+        eval.reward_accuracy,
+        eval.mean_margin,
+        generation
+            .as_ref()
+            .map(|g| format!(", judged YES {}/{}", g.yes, g.prompts))
+            .unwrap_or_default()
+    );
+    Ok(MethodResult {
+        method: method.to_string(),
+        seed,
+        eval,
+        analysis,
+        generation,
+        train,
+    })
+}

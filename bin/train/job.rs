@@ -1,0 +1,331 @@
+#![allow(dead_code)] // shared by `train` and `experiment`; each uses a part
+//! One training job from its configuration: load the model, prepare the data, an optional SFT
+//! phase, preference optimisation, held-out evaluation and per-layer FD/AV before and after, the
+//! Hugging Face export and `summary.json`. Shared by `train` and `experiment`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use decpo_alignment::measure::{LayerMeasure, measure_layers};
+use decpo_alignment::train::data::PairSet;
+use decpo_alignment::train::run::{EvalPoint, ProbePoint};
+use decpo_alignment::train::session::{RunSpec, TrainSettings, evaluate, train};
+use decpo_alignment::train::step::{StepSettings, StepValues};
+use decpo_alignment::{LossType, ObjectiveConfig};
+use decpo_datasets::TokenizedPair;
+use decpo_model::{
+    Llama, LlamaTokenizer, LoraConfig, load_pretrained, save_hf_dir, save_lora_adapters,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{embedded, prep};
+
+/// An SFT phase on the chosen completions before preference optimisation (so the reference of a
+/// model that was never instruction-tuned is not random).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftPhase {
+    pub steps: usize,
+    pub learning_rate: f64,
+}
+
+/// The whole configuration of a run: a TOML file, then flags on top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// GGUF file or Hugging Face directory; absent = the embedded small Llama.
+    pub model: Option<PathBuf>,
+    /// Run directory: checkpoints, logs, the exported model.
+    pub out: PathBuf,
+    /// `f32`, or `bf16` (CUDA only).
+    pub dtype: String,
+    pub data: prep::DataConfig,
+    pub sft: Option<SftPhase>,
+    pub objective: ObjectiveConfig,
+    /// LoRA adapters; absent = full fine-tuning.
+    pub lora: Option<LoraConfig>,
+    pub train: TrainSettings,
+}
+
+impl Default for RunConfig {
+    /// What a configuration file leaves unsaid: full fine-tuning (no `[lora]`), no SFT phase,
+    /// β 0.1, the `[train]` defaults. (A run on `--model` without `--config` adds the authors'
+    /// LoRA.)
+    fn default() -> Self {
+        Self {
+            model: None,
+            out: PathBuf::from("runs/decpo"),
+            dtype: "f32".into(),
+            data: prep::DataConfig::default(),
+            sft: None,
+            objective: ObjectiveConfig::default(),
+            lora: None,
+            train: TrainSettings::default(),
+        }
+    }
+}
+
+/// The model of a job with its tokenizer and a name for logs and cache keys.
+pub struct Loaded<B: Backend> {
+    pub model: Llama<B>,
+    pub tok: LlamaTokenizer,
+    pub name: String,
+}
+
+/// Loads `c.model`, or builds the embedded small Llama (and its data) when there is none.
+pub fn load<B: Backend>(c: &mut RunConfig, device: &B::Device) -> anyhow::Result<Loaded<B>> {
+    let loaded = match &c.model {
+        Some(path) => {
+            let p = load_pretrained::<B>(path, device)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let tok = p
+                .tokenizer
+                .with_context(|| format!("{} has no tokenizer (tokenizer.json)", path.display()))?;
+            Loaded {
+                model: p.model,
+                tok,
+                name: path.display().to_string(),
+            }
+        }
+        None => {
+            let (model, tok) = embedded::model::<B>(&c.out, c.train.seed, device)?;
+            Loaded {
+                model,
+                tok,
+                name: "embedded sort-digits Llama".into(),
+            }
+        }
+    };
+    if c.model.is_none() && c.data.files.is_empty() {
+        c.data.files = vec![embedded::data(&c.out)?];
+    }
+    Ok(loaded)
+}
+
+pub fn pair_set(pairs: Vec<TokenizedPair>, tok: &LlamaTokenizer) -> PairSet {
+    let pad_id = tok
+        .pad_token
+        .as_deref()
+        .or(tok.eos_token.as_deref())
+        .and_then(|t| tok.token_to_id(t))
+        .unwrap_or(0);
+    PairSet {
+        pairs,
+        pad_id,
+        reference: None,
+    }
+}
+
+/// Train and eval pairs of a job, and the printed data summary.
+pub struct JobData {
+    pub train: PairSet,
+    pub eval: PairSet,
+    pub summary: String,
+}
+
+/// Reads, checks, tokenizes (cached) and splits the job's data.
+pub fn data(c: &RunConfig, tok: &LlamaTokenizer, model_name: &str) -> anyhow::Result<JobData> {
+    let eos = prep::eos_id(tok, model_name)?;
+    let prepared = prep::prepare(&c.data, tok, eos, c.train.seed)?;
+    Ok(JobData {
+        train: pair_set(prepared.train, tok),
+        eval: pair_set(prepared.eval, tok),
+        summary: prepared.summary,
+    })
+}
+
+/// Most held-out prompts measured for FD/AV (SPEC section 4: N = 1000).
+pub const MEASURE_PROMPTS: usize = 1000;
+
+/// FD and AV of every layer over the first [`MEASURE_PROMPTS`] prompts of `set`.
+pub fn layer_measures<B: Backend>(
+    model: &Llama<B>,
+    set: &PairSet,
+    device: &B::Device,
+) -> Vec<LayerMeasure> {
+    let prompts: Vec<Vec<u32>> = set
+        .pairs
+        .iter()
+        .take(MEASURE_PROMPTS)
+        .map(|p| p.prompt_ids.clone())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let layers: Vec<usize> = (0..model.config.num_hidden_layers).collect();
+    measure_layers(model, &prompts, set.pad_id, 16, &layers, device)
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Summary {
+    pub model: String,
+    pub steps: usize,
+    pub seconds: f64,
+    pub eval_before: StepValues,
+    pub eval_after: StepValues,
+    /// FD/AV per layer on the held-out prompts, before and after preference optimisation.
+    pub layers_before: Vec<LayerMeasure>,
+    pub layers_after: Vec<LayerMeasure>,
+    /// FD/AV per layer on the probe prompts during training (step 0 = before).
+    pub probes: Vec<ProbePoint>,
+    /// Held-out values at every evaluation during training.
+    pub evals: Vec<EvalPoint>,
+    pub checkpoints: PathBuf,
+    pub exported: PathBuf,
+    pub adapters: Option<PathBuf>,
+}
+
+/// What a job leaves besides its files.
+pub struct JobOutput<B: Backend> {
+    pub summary: Summary,
+    /// The policy before preference optimisation (after SFT, if any) and after (LoRA merged).
+    #[allow(dead_code)] // read by `experiment`
+    pub initial: Llama<B>,
+    #[allow(dead_code)]
+    pub trained: Llama<B>,
+    pub resumed_from: Option<usize>,
+}
+
+/// Runs the job: optional SFT phase, preference optimisation, evaluation, export.
+pub fn run<B: AutodiffBackend>(
+    c: &RunConfig,
+    loaded: Loaded<B>,
+    data: JobData,
+    resume: bool,
+    dashboard: bool,
+    device: &B::Device,
+) -> anyhow::Result<JobOutput<B::InnerBackend>> {
+    let Loaded {
+        model,
+        tok,
+        name: model_name,
+    } = loaded;
+    let JobData {
+        train: train_set,
+        eval: eval_set,
+        ..
+    } = data;
+    std::fs::create_dir_all(&c.out).with_context(|| format!("{}", c.out.display()))?;
+    let config_path = c.out.join("config.toml");
+    std::fs::write(&config_path, toml::to_string(c)?)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    // Phase 1 (optional): SFT on the chosen completions, full weights or adapters merged after.
+    let mut policy = model;
+    if let Some(sft) = &c.sft {
+        let objective = ObjectiveConfig {
+            loss: LossType::Sft,
+            regularizer: None,
+            ..c.objective.clone()
+        };
+        let settings = TrainSettings {
+            learning_rate: sft.learning_rate,
+            max_steps: Some(sft.steps),
+            epochs: usize::MAX / 2,
+            save_every: sft.steps,
+            ..c.train.clone()
+        };
+        eprintln!("SFT: {} steps", sft.steps);
+        let dir = c.out.join("sft");
+        let result = train(
+            policy,
+            train_set.clone(),
+            eval_set.clone(),
+            &RunSpec {
+                objective: &objective,
+                train: &settings,
+                lora: c.lora.as_ref(),
+                dir: &dir,
+                resume,
+                dashboard,
+                model_key: &format!("{model_name} sft"),
+            },
+            device,
+        )
+        .map_err(anyhow::Error::msg)?;
+        policy = Llama::from_inner(result.policy.merge_lora());
+    }
+
+    // Phase 2: preference optimisation.
+    let initial = policy.valid();
+    let inner_device = initial.embed_tokens.weight.device();
+    let step_settings = StepSettings {
+        objective: c.objective.clone(),
+        logits_chunk: c.train.logits_chunk,
+        max_grad_norm: None,
+    };
+    let eval_before = evaluate(
+        &initial,
+        &initial,
+        &eval_set,
+        &step_settings,
+        c.train.micro_batch,
+        &inner_device,
+    );
+    let layers_before = layer_measures(&initial, &eval_set, &inner_device);
+    let dir = c.out.join("decpo");
+    let key = format!(
+        "{model_name} sft={:?} seed={}",
+        c.sft.as_ref().map(|s| s.steps),
+        c.train.seed
+    );
+    let result = train(
+        policy,
+        train_set,
+        eval_set.clone(),
+        &RunSpec {
+            objective: &c.objective,
+            train: &c.train,
+            lora: c.lora.as_ref(),
+            dir: &dir,
+            resume,
+            dashboard,
+            model_key: &key,
+        },
+        device,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let trained = result.policy;
+    let eval_after = evaluate(
+        &trained,
+        &initial,
+        &eval_set,
+        &step_settings,
+        c.train.micro_batch,
+        &inner_device,
+    );
+    let layers_after = layer_measures(&trained, &eval_set, &inner_device);
+
+    let exported = c.out.join("model");
+    save_hf_dir(&trained.merge_lora(), Some(&tok), &exported)?;
+    let adapters = match &c.lora {
+        Some(l) => {
+            let dir = c.out.join("adapters");
+            save_lora_adapters(&trained, l, &model_name, &dir)?;
+            Some(dir)
+        }
+        None => None,
+    };
+    let summary = Summary {
+        model: model_name,
+        steps: result.report.steps_done,
+        seconds: result.report.seconds,
+        eval_before,
+        eval_after,
+        layers_before,
+        layers_after,
+        probes: result.report.probes.clone(),
+        evals: result.report.evals.clone(),
+        checkpoints: dir.join("checkpoint"),
+        exported,
+        adapters,
+    };
+    let path = c.out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(JobOutput {
+        summary,
+        initial,
+        trained: trained.merge_lora(),
+        resumed_from: result.resumed_from,
+    })
+}
