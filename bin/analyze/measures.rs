@@ -299,9 +299,11 @@ pub fn write_outputs(
     let by_depth = |f: fn(&LayerRow) -> f64| -> Vec<Series> {
         analyses
             .iter()
-            .map(|a| Series {
+            .enumerate()
+            .map(|(i, a)| Series {
                 name: a.model.clone(),
                 points: a.layers.iter().map(|l| (l.relative_depth, f(l))).collect(),
+                color: i,
             })
             .collect()
     };
@@ -331,7 +333,9 @@ pub fn write_outputs(
         let base = &analyses[0];
         let diffs: Vec<Series> = analyses[1..]
             .iter()
-            .map(|a| Series {
+            .enumerate()
+            .map(|(i, a)| Series {
+                color: i + 1,
                 name: format!("{} - {}", a.model, base.model),
                 points: a
                     .layers
@@ -356,9 +360,12 @@ pub fn write_outputs(
         )?);
     }
     if !runs.is_empty() {
+        // Colours as the models' when runs follow the models after a base (as in `experiment`).
         let series: Vec<Series> = runs
             .iter()
-            .map(|r| Series {
+            .enumerate()
+            .map(|(i, r)| Series {
+                color: i + 1,
                 name: format!("{} (layer {})", r.name, r.dec_layer),
                 points: r
                     .points
@@ -376,7 +383,7 @@ pub fn write_outputs(
                 title: "FD of the regularized layer during training (held-out prompts)",
                 x: "optimizer step",
                 y: "FD",
-                legend: SeriesLabelPosition::LowerRight,
+                legend: SeriesLabelPosition::LowerLeft,
             },
             &series,
             false,

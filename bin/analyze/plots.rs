@@ -13,7 +13,23 @@ use plotters::style::FontStyle;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Index into the palette, so one model keeps its colour across charts.
+    pub color: usize,
 }
+
+/// Tableau 10: distinct on white and for common colour-vision deficiencies.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 
 /// A chart's texts.
 pub struct Labels<'a> {
@@ -87,8 +103,8 @@ where
             .draw_series(LineSeries::new([(x0, 0.0), (x1, 0.0)], BLACK.mix(0.5)))
             .map_err(e)?;
     }
-    for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for s in series {
+        let color = PALETTE[s.color % PALETTE.len()].to_rgba();
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()

@@ -44,6 +44,14 @@ const LABELS: [(&str, &str); 6] = [
     ("decpo", "DecPO"),
 ];
 
+/// The palette index of a method: its place in the table.
+fn color(method: &str) -> usize {
+    LABELS
+        .iter()
+        .position(|(m, _)| *m == method)
+        .unwrap_or(LABELS.len())
+}
+
 fn label(method: &str) -> &str {
     LABELS
         .iter()
@@ -149,6 +157,7 @@ pub fn write(out: &Path, s: &Settings, results: &[MethodResult]) -> anyhow::Resu
             &[Series {
                 name: "DecPO - DPO".into(),
                 points,
+                color: color("decpo"),
             }],
             true,
         )?);
@@ -169,6 +178,7 @@ pub fn write(out: &Path, s: &Settings, results: &[MethodResult]) -> anyhow::Resu
             Some(Series {
                 name: label(&r.method).to_string(),
                 points,
+                color: color(&r.method),
             })
         })
         .collect();
@@ -346,12 +356,12 @@ fn markdown(
                 b,
                 digits,
                 a,
-                if b > a {
+                if (b - a).abs() <= 0.01 * a.abs().max(b.abs()).max(1e-9) {
+                    "no meaningful difference (under 1 %)"
+                } else if b > a {
                     "DecPO higher"
-                } else if b < a {
-                    "DecPO lower"
                 } else {
-                    "equal"
+                    "DecPO lower"
                 }
             )
         };
@@ -378,6 +388,32 @@ fn markdown(
                 )
             } else {
                 String::new()
+            }
+        )?;
+    }
+    if let Some(dec) = get("decpo") {
+        let last = |f: fn(&decpo_alignment::train::step::StepValues) -> f64| {
+            mean_metric(dec, |r| {
+                r.train
+                    .as_ref()
+                    .and_then(|t| t.evals.last())
+                    .map_or(f64::NAN, |e| f(&e.values))
+            })
+        };
+        let (reg, pref) = (last(|v| v.loss_reg), last(|v| v.loss_pref));
+        writeln!(
+            w,
+            "- Size of the DecPO term at the last evaluation: L_dec = {:.3} per micro-batch, \
+             λ·L_dec = {:.5} next to a DPO loss of {:.4}. {}",
+            reg,
+            reg * s.decpo_lambda,
+            pref,
+            if reg * s.decpo_lambda < 0.05 * pref {
+                "The regularizer is a small part of the objective here, so DecPO and DPO are \
+                 expected to stay close; a larger λ or more rows per micro-batch would test it \
+                 harder."
+            } else {
+                "The regularizer is a sizeable part of the objective."
             }
         )?;
     }
