@@ -430,7 +430,7 @@ fn markdown(
     for (file, caption) in [
         (
             "margins.png",
-            "Held-out reward margin during training (Fig. 6 of the paper).",
+            "Held-out reward margin during training (Fig. 6 of the paper); lines that coincide hide each other.",
         ),
         (
             "fd_steps.png",
