@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use decpo_alignment::evaluate::{evaluate_pairs, summarize};
 use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
-use decpo_alignment::{LossType, ObjectiveConfig, RegPosition, RegRows, Regularizer};
+use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_model::{Llama, SamplingConfig, load_pretrained};
 
 use crate::backend::{Backend, device};
@@ -52,7 +52,7 @@ struct Args {
     /// sigmoid, ipo, hinge, simpo or sft.
     #[arg(long, default_value = "sigmoid")]
     loss: String,
-    /// Regularizer whose value is reported per pair: paper, l1 or none.
+    /// Regularizer whose value is reported per pair: paper, released, l1 or none.
     #[arg(long, default_value = "paper")]
     regularizer: String,
     /// Its layer (default ⌊L/3⌋).
@@ -124,24 +124,8 @@ fn main() -> anyhow::Result<()> {
     }
     let loss: LossType = serde_json::from_value(serde_json::Value::String(args.loss.clone()))
         .map_err(|_| anyhow::anyhow!("--loss: unknown value `{}`", args.loss))?;
-    let (rows, position) = (RegRows::All, RegPosition::Last);
-    let regularizer = match args.regularizer.as_str() {
-        "paper" => Some(Regularizer::Paper {
-            lambda: 1e-4,
-            layer,
-            rows,
-            position,
-            normalize: true,
-        }),
-        "l1" => Some(Regularizer::L1 {
-            lambda: 1e-4,
-            layer,
-            rows,
-            position,
-        }),
-        "none" => None,
-        other => bail!("--regularizer: unknown value `{other}` (paper, l1, none)"),
-    };
+    let regularizer = Regularizer::named(&args.regularizer, layer)
+        .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
     let objective = ObjectiveConfig {
         loss,
         beta: args.beta,
@@ -177,17 +161,11 @@ fn main() -> anyhow::Result<()> {
             args.n
         );
     }
-    let pad_id = tok
-        .pad_token
-        .as_deref()
-        .or(tok.eos_token.as_deref())
-        .and_then(|t| tok.token_to_id(t))
-        .unwrap_or(0);
     let evals = evaluate_pairs(
         &policy,
         reference.as_ref(),
         &pairs,
-        pad_id,
+        tok.pad_id(),
         &objective,
         64,
         &device,

@@ -29,7 +29,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use decpo_alignment::train::session::TrainSettings;
-use decpo_alignment::{LossType, ObjectiveConfig, RegPosition, RegRows, Regularizer};
+use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_model::LoraConfig;
 
 use crate::backend::{Autodiff, device};
@@ -167,28 +167,21 @@ fn objective(method: &str, base: &ObjectiveConfig, args: &Args, layer: usize) ->
         regularizer,
         ..base.clone()
     };
+    // L1-Reg and DecPO: the SPEC's defaults at `layer`, with the weights given on the command line.
+    let regularized = |kind: &str, lambda: Option<f64>| {
+        let mut reg = Regularizer::named(kind, layer)
+            .expect("a known regularizer")
+            .expect("not none");
+        if let Some(l) = lambda {
+            reg.set_lambda(l);
+        }
+        with(LossType::Sigmoid, Some(reg))
+    };
     match method {
         "sft" => with(LossType::Sft, None),
         "simpo" => with(LossType::Simpo, None),
-        "l1" => with(
-            LossType::Sigmoid,
-            Some(Regularizer::L1 {
-                lambda: args.l1_lambda.unwrap_or(1e-4),
-                layer,
-                rows: RegRows::All,
-                position: RegPosition::Last,
-            }),
-        ),
-        "decpo" => with(
-            LossType::Sigmoid,
-            Some(Regularizer::Paper {
-                lambda: args.lambda.unwrap_or(1e-4),
-                layer,
-                rows: RegRows::All,
-                position: RegPosition::Last,
-                normalize: true,
-            }),
-        ),
+        "l1" => regularized("l1", args.l1_lambda),
+        "decpo" => regularized("paper", args.lambda),
         _ => with(LossType::Sigmoid, None),
     }
 }

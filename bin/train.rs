@@ -218,36 +218,18 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
 fn regularizer(args: &Args, c: &mut RunConfig, n_layers: usize) -> anyhow::Result<()> {
     let o = &mut c.objective;
     if let Some(kind) = &args.regularizer {
-        o.regularizer = match kind.as_str() {
-            "none" => None,
-            "paper" => Some(Regularizer::paper(n_layers)),
-            "released" => Some(Regularizer::Released {
-                lambda: 1e-3,
-                layer: n_layers / 3,
-            }),
-            "l1" => Some(Regularizer::L1 {
-                lambda: 1e-4,
-                layer: n_layers / 3,
-                rows: decpo_alignment::RegRows::All,
-                position: decpo_alignment::RegPosition::Last,
-            }),
-            other => bail!("--regularizer: unknown value `{other}` (paper, released, l1, none)"),
-        };
+        o.regularizer = Regularizer::named(kind, n_layers / 3)
+            .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
     } else if args.config.is_none() && o.regularizer.is_none() && o.loss == LossType::Sigmoid {
         // DecPO is the default method.
         o.regularizer = Some(Regularizer::paper(n_layers));
     }
     if let Some(reg) = &mut o.regularizer {
-        let (l, lam) = match reg {
-            Regularizer::Paper { layer, lambda, .. }
-            | Regularizer::Released { layer, lambda }
-            | Regularizer::L1 { layer, lambda, .. } => (layer, lambda),
-        };
         if let Some(v) = args.dec_layer {
-            *l = v;
+            reg.set_layer(v);
         }
         if let Some(v) = args.lambda {
-            *lam = v;
+            reg.set_lambda(v);
         }
     }
     Ok(())

@@ -76,12 +76,60 @@ impl Regularizer {
     /// The paper's defaults for a model of `n_layers` layers: λ = 1e-4, layer ⌊n/3⌋, all rows,
     /// last token, normalised.
     pub fn paper(n_layers: usize) -> Self {
+        Self::paper_at(n_layers / 3)
+    }
+
+    /// The paper mode with its defaults at `layer`.
+    pub fn paper_at(layer: usize) -> Self {
         Regularizer::Paper {
             lambda: 1e-4,
-            layer: n_layers / 3,
+            layer,
             rows: RegRows::All,
             position: RegPosition::Last,
             normalize: true,
+        }
+    }
+
+    /// A regularizer by name at `layer`, with the defaults of SPEC section 3: `paper` (λ 1e-4,
+    /// all rows, last token, normalised), `released` (λ 1e-3), `l1` (λ₁ 1e-4, all rows, last
+    /// token); `none` is `None`.
+    pub fn named(kind: &str, layer: usize) -> Result<Option<Self>, String> {
+        Ok(match kind {
+            "none" => None,
+            "paper" => Some(Self::paper_at(layer)),
+            "released" => Some(Regularizer::Released {
+                lambda: 1e-3,
+                layer,
+            }),
+            "l1" => Some(Regularizer::L1 {
+                lambda: 1e-4,
+                layer,
+                rows: RegRows::All,
+                position: RegPosition::Last,
+            }),
+            other => {
+                return Err(format!(
+                    "unknown value `{other}` (paper, released, l1, none)"
+                ));
+            }
+        })
+    }
+
+    /// Sets λ (λ₁ for `l1`).
+    pub fn set_lambda(&mut self, value: f64) {
+        match self {
+            Regularizer::Paper { lambda, .. }
+            | Regularizer::Released { lambda, .. }
+            | Regularizer::L1 { lambda, .. } => *lambda = value,
+        }
+    }
+
+    /// Sets the regularized layer.
+    pub fn set_layer(&mut self, value: usize) {
+        match self {
+            Regularizer::Paper { layer, .. }
+            | Regularizer::Released { layer, .. }
+            | Regularizer::L1 { layer, .. } => *layer = value,
         }
     }
 

@@ -152,15 +152,17 @@ pub fn analyze_model<B: Backend>(
         .filter(|p| !p.is_empty())
         .take(n)
         .collect();
-    let pad_id = tok
-        .pad_token
-        .as_deref()
-        .or(tok.eos_token.as_deref())
-        .and_then(|t| tok.token_to_id(t))
-        .unwrap_or(0);
     let layers = layers(p.model.config.num_hidden_layers)?;
     analyze_loaded(
-        name, resolved, &p.model, &tok, &prompts, pad_id, &layers, top_k, device,
+        name,
+        resolved,
+        &p.model,
+        &tok,
+        &prompts,
+        tok.pad_id(),
+        &layers,
+        top_k,
+        device,
     )
 }
 

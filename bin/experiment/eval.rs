@@ -7,7 +7,7 @@ use anyhow::Context;
 use decpo_alignment::evaluate::{EvalSummary, evaluate_pairs, summarize};
 use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
 use decpo_alignment::train::data::PairSet;
-use decpo_alignment::{LossType, ObjectiveConfig, RegPosition, RegRows, Regularizer};
+use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
 use serde::{Deserialize, Serialize};
 
@@ -66,13 +66,7 @@ pub fn evaluate_method(
     // DPO's view of every model, with the paper's regularizer value reported per pair.
     let objective = ObjectiveConfig {
         loss: LossType::Sigmoid,
-        regularizer: Some(Regularizer::Paper {
-            lambda: 1e-4,
-            layer,
-            rows: RegRows::All,
-            position: RegPosition::Last,
-            normalize: true,
-        }),
+        regularizer: Some(Regularizer::paper_at(layer)),
         ..c.objective.clone()
     };
     let pairs = evaluate_pairs(
@@ -94,13 +88,7 @@ pub fn evaluate_method(
     std::fs::write(&pairs_file, serde_json::to_string_pretty(&pairs)?)
         .with_context(|| format!("{}", pairs_file.display()))?;
     let eval = summarize(&pairs);
-    let prompts: Vec<Vec<u32>> = eval_set
-        .pairs
-        .iter()
-        .take(MEASURE_PROMPTS)
-        .map(|p| p.prompt_ids.clone())
-        .filter(|p| !p.is_empty())
-        .collect();
+    let prompts = eval_set.prompts(MEASURE_PROMPTS);
     let layers: Vec<usize> = (0..model.config.num_hidden_layers).collect();
     let analysis = analyze_loaded(
         name.clone(),

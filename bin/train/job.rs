@@ -105,15 +105,9 @@ pub fn load<B: Backend>(c: &mut RunConfig, device: &B::Device) -> anyhow::Result
 }
 
 pub fn pair_set(pairs: Vec<TokenizedPair>, tok: &LlamaTokenizer) -> PairSet {
-    let pad_id = tok
-        .pad_token
-        .as_deref()
-        .or(tok.eos_token.as_deref())
-        .and_then(|t| tok.token_to_id(t))
-        .unwrap_or(0);
     PairSet {
         pairs,
-        pad_id,
+        pad_id: tok.pad_id(),
         reference: None,
     }
 }
@@ -145,15 +139,15 @@ pub fn layer_measures<B: Backend>(
     set: &PairSet,
     device: &B::Device,
 ) -> Vec<LayerMeasure> {
-    let prompts: Vec<Vec<u32>> = set
-        .pairs
-        .iter()
-        .take(MEASURE_PROMPTS)
-        .map(|p| p.prompt_ids.clone())
-        .filter(|p| !p.is_empty())
-        .collect();
     let layers: Vec<usize> = (0..model.config.num_hidden_layers).collect();
-    measure_layers(model, &prompts, set.pad_id, 16, &layers, device)
+    measure_layers(
+        model,
+        &set.prompts(MEASURE_PROMPTS),
+        set.pad_id,
+        16,
+        &layers,
+        device,
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone)]

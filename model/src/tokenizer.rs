@@ -243,6 +243,16 @@ impl LlamaTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The id batches are padded with: the pad token, else EOS, else 0 (padding is masked, so
+    /// only its being a valid id matters).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token
+            .as_deref()
+            .or(self.eos_token.as_deref())
+            .and_then(|t| self.token_to_id(t))
+            .unwrap_or(0)
+    }
+
     /// Renders the chat template as transformers does (`trim_blocks`, `lstrip_blocks`, Python
     /// string methods, `raise_exception`).
     pub fn apply_chat_template(

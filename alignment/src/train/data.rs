@@ -31,6 +31,16 @@ pub struct PairSet {
 }
 
 impl PairSet {
+    /// The first `n` non-empty prompts, as token ids (what FD/AV are measured on).
+    pub fn prompts(&self, n: usize) -> Vec<Vec<u32>> {
+        self.pairs
+            .iter()
+            .filter(|p| !p.prompt_ids.is_empty())
+            .take(n)
+            .map(|p| p.prompt_ids.clone())
+            .collect()
+    }
+
     /// The micro-batch of the pairs `indices`.
     pub fn micro_batch<B: Backend>(&self, indices: &[usize], device: &B::Device) -> MicroBatch<B> {
         let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.pairs[i]).collect();

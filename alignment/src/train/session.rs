@@ -316,13 +316,7 @@ pub fn train<B: AutodiffBackend>(
         steps,
     );
     let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
-    let probe: Vec<Vec<u32>> = eval_set
-        .pairs
-        .iter()
-        .take(s.probe_prompts)
-        .map(|p| p.prompt_ids.clone())
-        .filter(|p| !p.is_empty())
-        .collect();
+    let probe = eval_set.prompts(s.probe_prompts);
     let pad_id = eval_set.pad_id;
     let train_loader = Arc::new(StepLoader::<B>::new(
         Arc::new(train_set),
