@@ -1,4 +1,5 @@
-//! The concrete backend, picked by cargo feature: `cuda`, else `wgpu`, else `ndarray` (CPU).
+//! The concrete backend, picked by cargo feature: `cuda`, else `wgpu`, else `flex` (CPU, with
+//! bf16), else `ndarray` (CPU, the default: the deterministic tests run on it).
 
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
@@ -6,11 +7,22 @@ pub type Backend = burn::backend::Cuda;
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 pub type Backend = burn::backend::Wgpu;
 
-#[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu"))))]
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+pub type Backend = burn::backend::Flex;
+
+#[cfg(all(
+    feature = "ndarray",
+    not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
+))]
 pub type Backend = burn::backend::NdArray<f32>;
 
-#[cfg(not(any(feature = "ndarray", feature = "cuda", feature = "wgpu")))]
-compile_error!("enable one backend feature: ndarray (default), wgpu or cuda");
+#[cfg(not(any(
+    feature = "ndarray",
+    feature = "cuda",
+    feature = "wgpu",
+    feature = "flex"
+)))]
+compile_error!("enable one backend feature: ndarray (default), flex, wgpu or cuda");
 
 /// The backend with automatic differentiation, for training and gradients.
 #[allow(dead_code)]
@@ -27,7 +39,47 @@ pub fn name() -> &'static str {
         "cuda"
     } else if cfg!(feature = "wgpu") {
         "wgpu"
+    } else if cfg!(feature = "flex") {
+        "flex"
     } else {
         "ndarray"
     }
+}
+
+/// Sets up `device` to compute in `precision`; call it first, before any tensor exists.
+///
+/// On the GPU backends this also gives each dtype its own cubecl autotune cache: cubecl keeps
+/// the fastest kernel per matmul shape on disk, and a bf16 run has been seen to reuse the f32
+/// choice for the same shape (0.5-0.7x of a bf16-tuned kernel). The cache lives in
+/// `$DECPO_AUTOTUNE_DIR/<backend>-<dtype>` (default `~/.cache/decpo/autotune`); a `cubecl.toml`
+/// or `burn.toml` in the working directory overrides this.
+#[allow(dead_code)]
+pub fn prepare<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    precision: decpo_model::Precision,
+) -> anyhow::Result<()> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    autotune_cache(precision);
+    decpo_model::set_compute_dtype::<B>(device, precision)?;
+    Ok(())
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn autotune_cache(precision: decpo_model::Precision) {
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    let user_file = ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
+        .iter()
+        .any(|f| std::path::Path::new(f).exists());
+    if user_file {
+        return;
+    }
+    let root = std::env::var_os("DECPO_AUTOTUNE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/decpo/autotune"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("target/autotune"));
+    let mut config = CubeClRuntimeConfig::default();
+    config.autotune.cache = CacheConfig::File(root.join(format!("{}-{precision}", name())));
+    CubeClRuntimeConfig::set(config);
 }

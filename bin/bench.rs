@@ -3,7 +3,11 @@
 //! random weights, printing one JSON line per case. `scripts/bench_torch.py` does the same in
 //! PyTorch and `scripts/bench_cpu.sh` prints both side by side.
 //!
+//! On a GPU, `scripts/gpu/bench.py` runs both on the same card in bf16 and adds peak memory and
+//! model-FLOPs utilization. Every timing ends with a device sync, so GPU work is counted.
+//!
 //! cargo run --release --bin bench -- --config all --batch 4 --seq 128
+//! cargo run --release --features cuda --bin bench -- --config llama-3.2-1b --mode decpo_step --dtype bf16
 
 mod backend;
 
@@ -13,7 +17,7 @@ use anyhow::bail;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Parser;
-use decpo_model::{LlamaConfig, completion_logps};
+use decpo_model::{LlamaConfig, Precision, completion_logps};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Throughput of the Llama forward and forward+backward passes")]
@@ -41,18 +45,28 @@ struct Args {
     /// then the policy without adapters, else a frozen copy.
     #[arg(long)]
     lora: bool,
+    /// What the model computes in: f32, or bf16 (cuda, wgpu and flex builds).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
-/// Seconds per iteration of `step`, after `warmup` untimed ones.
-fn time(warmup: usize, iters: usize, mut step: impl FnMut()) -> f64 {
+/// Seconds per iteration of `step`, after `warmup` untimed ones; the device is synchronised
+/// before the clock starts and before it stops.
+fn time(warmup: usize, iters: usize, mut step: impl FnMut()) -> anyhow::Result<f64> {
+    let device = backend::device();
+    let sync = || {
+        backend::Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))
+    };
     for _ in 0..warmup {
         step();
     }
+    sync()?;
     let start = Instant::now();
     for _ in 0..iters {
         step();
     }
-    start.elapsed().as_secs_f64() / iters as f64
+    sync()?;
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
 }
 
 fn inputs<B: Backend>(
@@ -97,6 +111,7 @@ fn report(config: &str, args: &Args, mode: &str, secs: f64) {
         "batch": args.batch,
         "seq": args.seq,
         "mode": mode,
+        "dtype": args.dtype.name(),
         "tokens_per_s": tokens / secs,
         "ms_per_iter": secs * 1e3,
         "threads": threads(),
@@ -112,7 +127,7 @@ fn report(config: &str, args: &Args, mode: &str, secs: f64) {
 /// rows of T random tokens, the first T/2 (the prompt) shared within a pair, completion mask on
 /// the rest; sigmoid DPO (β 0.1, summed log-probs) + 1e-4 · paper regularizer at layer n/3;
 /// backward, global-norm clip 1.0, AdamW (lr 1e-5, betas 0.9/0.999, eps 1e-8, no decay).
-fn bench_decpo_step(name: &str, args: &Args) {
+fn bench_decpo_step(name: &str, args: &Args) -> anyhow::Result<()> {
     use burn::module::Module;
     use burn::optim::{AdamWConfig, Optimizer};
     use burn::train::TrainStep;
@@ -176,20 +191,28 @@ fn bench_decpo_step(name: &str, args: &Args) {
         .with_weight_decay(0.0)
         .init::<backend::Autodiff, DecpoModel<backend::Autodiff>>();
     let mut state = Some(model);
+    let mut loss = 0.0;
     let secs = time(args.warmup, args.iters, || {
-        let m = state.take().expect("model");
+        let Some(m) = state.take() else { return };
         let out = m.step(input.clone());
-        assert!(out.item.loss.is_finite(), "non-finite loss");
-        state = Some(optim.step(1e-5, m, out.grads));
-    });
-    model = state.take().expect("model");
+        loss = out.item.loss;
+        state = out
+            .item
+            .loss
+            .is_finite()
+            .then(|| optim.step(1e-5, m, out.grads));
+    })?;
+    model = state
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("{name}: non-finite DecPO loss {loss}"))?;
     drop(model);
     report(name, args, "decpo_step", secs);
+    Ok(())
 }
 
-fn bench(name: &str, args: &Args, modes: &[&str]) {
+fn bench(name: &str, args: &Args, modes: &[&str]) -> anyhow::Result<()> {
     if modes.contains(&"decpo_step") {
-        bench_decpo_step(name, args);
+        bench_decpo_step(name, args)?;
     }
     let device = backend::device();
     let config = LlamaConfig::preset(name).expect("checked in main");
@@ -208,7 +231,7 @@ fn bench(name: &str, args: &Args, modes: &[&str]) {
                 args.logits_chunk,
             );
             logps.sum.into_data();
-        });
+        })?;
         report(name, args, "forward", secs);
         drop(model);
     }
@@ -228,9 +251,10 @@ fn bench(name: &str, args: &Args, modes: &[&str]) {
             let loss = logps.sum.sum().neg() / (args.batch * args.seq) as f64;
             let grads = loss.backward();
             drop(grads);
-        });
+        })?;
         report(name, args, "forward_backward", secs);
     }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -257,8 +281,9 @@ fn main() -> anyhow::Result<()> {
             bail!("unknown --mode `{other}` (forward, forward_backward, decpo_step, all)")
         }
     };
+    backend::prepare::<backend::Autodiff>(&backend::device(), args.dtype)?;
     for name in names {
-        bench(name, &args, &modes);
+        bench(name, &args, &modes)?;
     }
     Ok(())
 }

@@ -17,14 +17,14 @@ mod prep;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use decpo_alignment::measure::LayerMeasure;
 use decpo_alignment::train::run::describe;
 use decpo_alignment::train::session::ReferenceMode;
 use decpo_alignment::{LossType, Regularizer};
-use decpo_model::LoraConfig;
+use decpo_model::{LoraConfig, Precision};
 
 use crate::backend::{Autodiff, device};
 use crate::job::{RunConfig, SftPhase};
@@ -50,9 +50,9 @@ struct Args {
     /// Model: GGUF file or Hugging Face directory.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// f32, or bf16 (CUDA only).
+    /// What the model computes in: f32, or bf16 (cuda, wgpu and flex builds).
     #[arg(long)]
-    dtype: Option<String>,
+    dtype: Option<Precision>,
     /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, sycophancy-caa-full-text,
     /// sycophancy-anthropic, toxicity-pairs.
     #[arg(long)]
@@ -298,13 +298,7 @@ fn print_summary(s: &job::Summary, resumed_from: Option<usize>, path: &Path) {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let c = config(&args)?;
-    if c.dtype != "f32" {
-        bail!(
-            "--dtype {}: this build trains in f32 on {}; bf16 needs the CUDA backend (issue 6)",
-            c.dtype,
-            backend::name()
-        );
-    }
     let device = device();
+    backend::prepare::<Autodiff>(&device, c.dtype)?;
     run::<Autodiff>(&args, c, &device)
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch CPU baseline for the Rust `bench` binary.
+"""PyTorch baseline for the Rust `bench` binary, on the CPU or (--device cuda) a GPU.
 
 Makes: nothing on disk; prints ONE JSON line per case to stdout:
   {"impl":"pytorch","config":"tiny"|"smollm2-135m","batch":B,"seq":T,
@@ -44,9 +44,15 @@ Work per iteration (matches the Rust side: logits + completion log-prob):
 tokens_per_s = rows*T / seconds per iteration (mean over --iters timed iterations after
 --warmup), rows = B for forward/forward_backward and 2B for decpo_step.
 
-Configs: "tiny" is LlamaConfig::tiny() of model/src/config.rs; "smollm2-135m"
-is SmolLM2-135M's shape, random init (seed 0). Both float32, eager attention, random ids (seed 0),
-full attention mask (no padding).
+Configs: "tiny" is LlamaConfig::tiny() of model/src/config.rs; "smollm2-135m", "llama-3.2-1b"
+and "llama-2-7b" are those models' shapes (the presets of model/src/config.rs), random init
+(seed 0), random ids (seed 0), full attention mask (no padding). On the CPU: eager attention.
+On CUDA: transformers' default "sdpa" attention, what a PyTorch user gets.
+
+--dtype bf16 (with the Rust side's mixed precision, decpo_model::precision): weights and
+activations bf16; logits cast to f32 before the log-softmax; the regularizer's rows and Gram
+matrix in f32; LoRA A/B in f32 (as PEFT's default autocast_adapter_dtype), the branch computed
+in f32 and cast back. GPU lines add "peak_alloc_mib"/"peak_reserved_mib" (torch.cuda.max_memory_*).
 
 Modes: --mode forward | forward_backward | decpo_step | all (all three, in that order); without
 --mode: forward and forward_backward. --lora only affects decpo_step; it runs last per config
@@ -84,6 +90,14 @@ LR = 1e-5
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 16, 0.05
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def make_config(name: str) -> LlamaConfig:
     if name == "tiny":
         # The same shape as LlamaConfig::tiny() in model/src/config.rs.
@@ -100,10 +114,28 @@ def make_config(name: str) -> LlamaConfig:
             tie_word_embeddings=True, max_position_embeddings=8192,
             bos_token_id=1, eos_token_id=2, pad_token_id=2,
         )
+    elif name == "llama-3.2-1b":
+        cfg = LlamaConfig(
+            vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+            rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
+            rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            bos_token_id=128000, eos_token_id=128001,
+        )
+    elif name == "llama-2-7b":
+        cfg = LlamaConfig(
+            vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, head_dim=128, rms_norm_eps=1e-5,
+            rope_theta=10000.0, max_position_embeddings=4096, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2,
+        )
     else:
         raise ValueError(name)
-    cfg._attn_implementation = "eager"
     return cfg
+
+
+CONFIGS = ("tiny", "smollm2-135m", "llama-3.2-1b", "llama-2-7b")
 
 
 def next_token_logp_sum(model, ids, mask):
@@ -112,21 +144,30 @@ def next_token_logp_sum(model, ids, mask):
     return logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).sum()
 
 
-def timed(step, iters, warmup):
-    """Mean seconds per call of `step` over `iters` calls, after `warmup` untimed ones."""
+def timed(step, iters, warmup, device):
+    """Mean seconds per call of `step` over `iters` calls, after `warmup` untimed ones; the
+    device is synchronised before the clock starts and before it stops."""
     for _ in range(warmup):
         step()
-    times = []
+    sync(device)
+    t0 = time.perf_counter()
     for _ in range(iters):
-        t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
-    return sum(times) / len(times)
+    sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def memory_fields(device):
+    if device.type != "cuda":
+        return {}
+    return {"peak_alloc_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+            "peak_reserved_mib": round(torch.cuda.max_memory_reserved(device) / 2**20, 1)}
 
 
 def bench_case(model, cfg_name, vocab, batch, seq, mode, iters, warmup, threads):
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
     mask = torch.ones_like(ids)
 
     def step():
@@ -140,11 +181,11 @@ def bench_case(model, cfg_name, vocab, batch, seq, mode, iters, warmup, threads)
         model.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    sec = timed(step, iters, warmup)
+    sec = timed(step, iters, warmup, device)
     return {
         "impl": "pytorch", "config": cfg_name, "batch": batch, "seq": seq, "mode": mode,
         "tokens_per_s": round(batch * seq / sec, 3), "ms_per_iter": round(sec * 1e3, 3),
-        "threads": threads,
+        "threads": threads, **memory_fields(device),
     }
 
 
@@ -159,8 +200,9 @@ class LoraLinear(nn.Module):
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        device = base.weight.device   # adapters in f32 whatever the base's dtype
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft / nn.Linear
         self.dropout = nn.Dropout(dropout)
         self.scaling = alpha / r
@@ -169,7 +211,8 @@ class LoraLinear(nn.Module):
     def forward(self, x):
         y = self.base(x)
         if self.enabled:
-            y = y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+            low = F.linear(F.linear(self.dropout(x).float(), self.lora_A), self.lora_B)
+            y = y + (low * self.scaling).to(y.dtype)
         return y
 
 
@@ -191,7 +234,7 @@ def completion_logps(model, ids, mask, comp_mask):
     """Per-row sum of log p(ids[:, t] | ids[:, :t]) over the target positions t with
     comp_mask[:, t] == 1. Shape [rows]."""
     logits = model(input_ids=ids, attention_mask=mask).logits
-    logp = torch.log_softmax(logits[:, :-1, :], dim=-1)
+    logp = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
     tok = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [rows, T-1]
     return (tok * comp_mask[:, 1:].to(tok.dtype)).sum(dim=-1)
 
@@ -200,10 +243,10 @@ def decorrelation_loss(z, mask):
     """Mode "paper": rows at the last non-padding token (right padding), L2-normalised,
     ||Z Z^T - I||_F^2."""
     last = mask.sum(dim=1) - 1                              # [rows]
-    rows = z[torch.arange(z.shape[0]), last]                # [rows, d_ff]
+    rows = z[torch.arange(z.shape[0]), last].float()        # [rows, d_ff]
     zn = F.normalize(rows, p=2.0, dim=-1)
     gram = zn @ zn.T
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     return ((gram - eye) ** 2).sum()
 
 
@@ -211,8 +254,9 @@ def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, thre
     """Time one DecPO training step (see the module docstring). Modifies `model`: trains it and,
     with `lora`, wraps its projections with LoRA adapters."""
     rows = 2 * pairs
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=g)
+    ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=g).to(device)
     prompt_len = seq // 2
     ids[pairs:, :prompt_len] = ids[:pairs, :prompt_len]    # shared prompt within a pair
     mask = torch.ones_like(ids)
@@ -280,7 +324,7 @@ def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, thre
         captured["loss"] = (value, float(loss_dpo.detach()), float(loss_dec.detach()))
         return value
 
-    sec = timed(step, iters, warmup)
+    sec = timed(step, iters, warmup, device)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     loss, loss_dpo, loss_dec = captured["loss"]
     print(f"decpo_step {cfg_name} lora={lora}: last loss {loss:.6f} "
@@ -291,7 +335,7 @@ def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, thre
         "impl": "pytorch", "config": cfg_name, "batch": pairs, "seq": seq, "mode": "decpo_step",
         "lora": lora, "tokens_per_s": round(rows * seq / sec, 3),
         "ms_per_iter": round(sec * 1e3, 3), "threads": threads,
-        "peak_rss_mib": round(peak_rss_mib, 1),
+        "peak_rss_mib": round(peak_rss_mib, 1), **memory_fields(device),
     }
 
 
@@ -313,7 +357,9 @@ def check_grads(model, lora, adapter_params):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="all", choices=["tiny", "smollm2-135m", "all"])
+    ap.add_argument("--config", default="all", choices=list(CONFIGS) + ["all"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--dtype", default="f32", choices=list(DTYPES))
     ap.add_argument("--batch", type=int, default=4,
                     help="sequences (forward modes) or preference pairs (decpo_step)")
     ap.add_argument("--seq", type=int, default=128)
@@ -329,6 +375,9 @@ def main() -> None:
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False   # f32 means f32 on both sides
     names = ["tiny", "smollm2-135m"] if a.config == "all" else [a.config]
     if a.mode == "all":
         modes = list(ALL_MODES)
@@ -347,8 +396,10 @@ def main() -> None:
         ap.error("decpo_step needs --seq >= 2")
     for name in names:
         cfg = make_config(name)
+        cfg._attn_implementation = "sdpa" if device.type == "cuda" else "eager"
         torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).to(torch.float32)
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg).to(DTYPES[a.dtype])
         model.train(False)  # no dropout; grads still flow in forward_backward
         if a.seq > cfg.max_position_embeddings:
             print(f"warning: seq {a.seq} > max_position_embeddings {cfg.max_position_embeddings} "
@@ -360,6 +411,7 @@ def main() -> None:
             else:
                 r = bench_case(model, name, cfg.vocab_size, a.batch, a.seq, mode, a.iters,
                                a.warmup, a.threads)
+            r["dtype"] = a.dtype
             print(json.dumps(r, separators=(",", ":")), flush=True)
         del model
 

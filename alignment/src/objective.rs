@@ -1,7 +1,7 @@
 //! One step's objective: policy forward (capturing the regularizer's layer), completion
 //! log-probs, preference loss against the reference log-probs, regularizer.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{DType, Tensor, backend::Backend};
 use decpo_model::{CompletionBatch, Llama, completion_logps};
 
 use crate::config::ObjectiveConfig;
@@ -69,7 +69,11 @@ pub fn objective<B: Backend>(
                 Some(fd),
             )
         }
-        _ => (loss_pref.clone(), Tensor::zeros([1], &device), None),
+        _ => (
+            loss_pref.clone(),
+            Tensor::zeros([1], (&device, DType::F32)),
+            None,
+        ),
     };
     StepOutput {
         loss,

@@ -16,7 +16,7 @@ use decpo_alignment::train::step::{StepSettings, StepValues};
 use decpo_alignment::{LossType, ObjectiveConfig};
 use decpo_datasets::TokenizedPair;
 use decpo_model::{
-    Llama, LlamaTokenizer, LoraConfig, load_pretrained, save_hf_dir, save_lora_adapters,
+    Llama, LlamaTokenizer, LoraConfig, Precision, load_pretrained, save_hf_dir, save_lora_adapters,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +39,9 @@ pub struct RunConfig {
     pub model: Option<PathBuf>,
     /// Run directory: checkpoints, logs, the exported model.
     pub out: PathBuf,
-    /// `f32`, or `bf16` (CUDA only).
-    pub dtype: String,
+    /// What the model computes in: `f32`, or `bf16` (CUDA, wgpu or flex backends; see
+    /// `decpo_model::precision` for what stays f32).
+    pub dtype: Precision,
     pub data: prep::DataConfig,
     pub sft: Option<SftPhase>,
     pub objective: ObjectiveConfig,
@@ -57,7 +58,7 @@ impl Default for RunConfig {
         Self {
             model: None,
             out: PathBuf::from("runs/decpo"),
-            dtype: "f32".into(),
+            dtype: Precision::F32,
             data: prep::DataConfig::default(),
             sft: None,
             objective: ObjectiveConfig::default(),
@@ -231,7 +232,7 @@ pub fn run<B: AutodiffBackend>(
                 dir: &dir,
                 resume,
                 dashboard,
-                model_key: &format!("{model_name} sft"),
+                model_key: &format!("{model_name} {} sft", c.dtype),
             },
             device,
         )
@@ -258,7 +259,8 @@ pub fn run<B: AutodiffBackend>(
     let layers_before = layer_measures(&initial, &eval_set, &inner_device);
     let dir = c.out.join("decpo");
     let key = format!(
-        "{model_name} sft={:?} seed={}",
+        "{model_name} {} sft={:?} seed={}",
+        c.dtype,
         c.sft.as_ref().map(|s| s.steps),
         c.train.seed
     );

@@ -1,8 +1,9 @@
 //! Completion log-probabilities: the hot path of every preference-optimisation step.
 
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use crate::llama::Llama;
+use crate::precision::{f32, f32_mask};
 
 /// A right-padded batch of sequences with their completion tokens marked, `[rows, seq]` each: the
 /// input of a preference step (rows `0..B` chosen, `B..2B` rejected).
@@ -37,7 +38,8 @@ pub struct SequenceLogps<B: Backend> {
 /// - `chunk`: positions unembedded at a time; only `[batch, chunk, vocab]` logits exist at once in
 ///   the forward pass instead of `[batch, seq, vocab]`
 ///
-/// log p = logit[target] - logsumexp(logits), without a full log-softmax tensor.
+/// log p = logit[target] - logsumexp(logits), without a full log-softmax tensor. The logits are
+/// cast to f32 before the log-softmax, and every output is f32 (see [`crate::precision`]).
 pub fn completion_logps<B: Backend>(
     model: &Llama<B>,
     hidden: Tensor<B, 3>,
@@ -53,7 +55,7 @@ pub fn completion_logps<B: Backend>(
     let mut start = 0;
     while start < scored {
         let len = chunk.min(scored - start);
-        let logits = model.logits(hidden.clone().narrow(1, start, len));
+        let logits = f32(model.logits(hidden.clone().narrow(1, start, len)));
         let targets = input_ids
             .clone()
             .narrow(1, start + 1, len)
@@ -64,11 +66,11 @@ pub fn completion_logps<B: Backend>(
         start += len;
     }
     let per_token = if pieces.is_empty() {
-        Tensor::zeros([batch, 0], &device)
+        Tensor::zeros([batch, 0], (&device, DType::F32))
     } else {
         Tensor::cat(pieces, 1)
     };
-    let mask = completion_mask.narrow(1, 1, scored).float();
+    let mask = f32_mask(completion_mask.narrow(1, 1, scored));
     let count = mask.clone().sum_dim(1).reshape([batch]);
     let sum = (per_token.clone() * mask).sum_dim(1).reshape([batch]);
     let mean = sum.clone() / count.clone().clamp_min(1.0);

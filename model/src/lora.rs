@@ -8,11 +8,12 @@
 use std::ops::Range;
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::llama::Llama;
+use crate::precision::f32;
 
 /// Which projections of which layers get adapters, and their shape.
 #[derive(Config, Debug, PartialEq)]
@@ -88,7 +89,8 @@ impl LoraConfig {
     }
 }
 
-/// The low-rank update of one projection.
+/// The low-rank update of one projection. Its weights are f32 whatever the model computes in
+/// (see [`crate::precision`]): they are what training updates.
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
     /// `[d_in, r]`, the PEFT `lora_A` transposed.
@@ -104,21 +106,54 @@ impl<B: Backend> LoraAdapter<B> {
         // PEFT's default: kaiming-uniform A (a = √5, i.e. bound 1/√fan_in), zero B.
         let bound = 1.0 / (d_in as f64).sqrt();
         Self {
-            lora_a: Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            }
-            .init([d_in, c.rank], device),
-            lora_b: Initializer::Zeros.init([c.rank, d_out], device),
+            lora_a: f32_param(
+                Initializer::Uniform {
+                    min: -bound,
+                    max: bound,
+                },
+                [d_in, c.rank],
+                device,
+            ),
+            lora_b: f32_param(Initializer::Zeros, [c.rank, d_out], device),
             scale: c.alpha / c.rank as f64,
             dropout: DropoutConfig::new(c.dropout).init(),
         }
     }
 
-    /// `scale · A·B`, `[d_in, d_out]`: what merging adds to the base weight.
+    /// `scale · A·B`, `[d_in, d_out]` in f32: what merging adds to the base weight.
     pub fn delta(&self) -> Tensor<B, 2> {
         self.lora_a.val().matmul(self.lora_b.val()) * self.scale
     }
+
+    /// `scale · dropout(x)·A·B`, computed in f32 and returned in `x`'s type.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let low = f32(self.dropout.forward(x)).matmul(self.lora_a.val().unsqueeze());
+        (low.matmul(self.lora_b.val().unsqueeze()) * self.scale).cast(dtype)
+    }
+}
+
+/// A parameter drawn from `init` and stored in f32, lazily as burn's own initializers do (the
+/// values are drawn at first use, from the backend RNG as it is then).
+fn f32_param<B: Backend>(
+    init: Initializer,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let value = f32(init.init::<B, 2, _>(shape, device).val()).detach();
+            if require_grad {
+                value.require_grad()
+            } else {
+                value
+            }
+        },
+        device.clone(),
+        true,
+        shape.into(),
+    )
 }
 
 /// A bias-free projection with an optional LoRA adapter.
@@ -137,10 +172,7 @@ impl<B: Backend> Projection<B> {
         let y = self.base.forward(x.clone());
         match &self.lora {
             None => y,
-            Some(a) => {
-                let low = a.dropout.forward(x).matmul(a.lora_a.val().unsqueeze());
-                y + low.matmul(a.lora_b.val().unsqueeze()) * a.scale
-            }
+            Some(a) => y + a.forward(x),
         }
     }
 
@@ -149,7 +181,10 @@ impl<B: Backend> Projection<B> {
         let w = self.base.weight.val();
         match &self.lora {
             None => w,
-            Some(a) => w + a.delta(),
+            Some(a) => {
+                let dtype = w.dtype();
+                (f32(w) + a.delta()).cast(dtype)
+            }
         }
     }
 

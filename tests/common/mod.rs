@@ -9,8 +9,12 @@ use serde_json::Value;
 pub type B = burn::backend::NdArray<f32>;
 pub type AD = burn::backend::Autodiff<B>;
 
+/// The repository root: where the tests were built, or `DECPO_REPO_ROOT` for a test binary
+/// copied to another machine (the GPU checks).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("DECPO_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -12,8 +12,10 @@
 //! ```
 //!
 //! The total objective is mean_pairs L_pref + λ·L; the gradient flows into the policy through z.
+//! Rows and Gram matrices are f32 whatever the model computes in (see `decpo_model::precision`).
 
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{DType, FloatDType, Int, Tensor, backend::Backend};
+use decpo_model::precision::{f32, f32_mask};
 
 use crate::config::{RegPosition, RegRows, Regularizer};
 
@@ -40,18 +42,18 @@ pub fn regularizer_value<B: Backend>(reg: &Regularizer, a: &Activations<B>) -> T
             let z = if normalize { l2_normalize(z) } else { z };
             let n = z.dims()[0];
             let gram = z.clone().matmul(z.transpose());
-            let eye = Tensor::<B, 2>::eye(n, &gram.device());
+            let eye = f32(Tensor::<B, 2>::eye(n, &gram.device()));
             (gram - eye).powi_scalar(2).sum()
         }
         Regularizer::Released { .. } => {
             let [rows, seq, _] = a.up_proj.dims();
             // Position −1 of the padded batch, then rows 0, 2, 4, … of [chosen; rejected].
-            let last = a.up_proj.clone().narrow(1, seq - 1, 1).squeeze_dim::<2>(1);
+            let last = f32(a.up_proj.clone().narrow(1, seq - 1, 1).squeeze_dim::<2>(1));
             let even = Tensor::<B, 1, Int>::arange_step(0..rows as i64, 2, &last.device());
             let abs = last.select(0, even).abs();
             let n = abs.dims()[0];
             let gram = abs.clone().matmul(abs.transpose());
-            let eye = Tensor::<B, 2>::eye(n, &gram.device());
+            let eye = f32(Tensor::<B, 2>::eye(n, &gram.device()));
             (gram - eye).mean()
         }
         Regularizer::L1 { rows, position, .. } => {
@@ -62,16 +64,16 @@ pub fn regularizer_value<B: Backend>(reg: &Regularizer, a: &Activations<B>) -> T
 }
 
 /// Feature decorrelation of rows `z` `[n, d]` (SPEC section 4):
-/// `FD = 1 − mean_{i≠j} cos(z_i, z_j)`; higher is more decorrelated. `[1]`; 1 when n < 2.
+/// `FD = 1 − mean_{i≠j} cos(z_i, z_j)`; higher is more decorrelated. `[1]` f32; 1 when n < 2.
 pub fn feature_decorrelation<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 1> {
     let n = z.dims()[0];
     let device = z.device();
     if n < 2 {
-        return Tensor::ones([1], &device);
+        return Tensor::ones([1], (&device, DType::F32));
     }
-    let z = l2_normalize(z);
+    let z = l2_normalize(f32(z));
     let gram = z.clone().matmul(z.transpose());
-    let off_diagonal = gram.clone().sum() - gram.mul(Tensor::eye(n, &device)).sum();
+    let off_diagonal = gram.clone().sum() - gram.mul(f32(Tensor::eye(n, &device))).sum();
     off_diagonal
         .div_scalar((n * (n - 1)) as f64)
         .neg()
@@ -100,14 +102,15 @@ fn feature_rows<B: Backend>(
                 .expand([n_rows, seq])
                 .equal(last.expand([n_rows, seq]))
                 .float()
+                .cast(FloatDType::F32)
         }
         RegPosition::Mean => {
-            let m = a.completion_mask.clone().float();
+            let m = f32_mask(a.completion_mask.clone());
             let count = m.clone().sum_dim(1).clamp_min(1.0);
             m / count
         }
     };
-    let z = (a.up_proj.clone() * weights.unsqueeze_dim::<3>(2))
+    let z = (f32(a.up_proj.clone()) * weights.unsqueeze_dim::<3>(2))
         .sum_dim(1)
         .squeeze_dim::<2>(1);
     match rows {

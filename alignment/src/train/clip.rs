@@ -15,7 +15,8 @@ struct SquaredNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = g.powi_scalar(2).sum();
+            // f32 even for bf16 gradients: a sum over millions of squares.
+            let sq = decpo_model::precision::f32(g).powi_scalar(2).sum();
             self.total = Some(match self.total.take() {
                 Some(t) => t + sq,
                 None => sq,

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use decpo_datasets::batch::{PreferenceBatch, epoch_batches};
 use decpo_datasets::tokenize::TokenizedPair;
 
@@ -49,7 +49,7 @@ impl PairSet {
         let reference = self.reference.as_ref().map(|r| {
             let col = |f: fn(&PairReference) -> f32| {
                 let v: Vec<f32> = indices.iter().map(|&i| f(&r[i])).collect();
-                Tensor::<B, 1>::from_data(TensorData::new(v, [indices.len()]), device)
+                Tensor::<B, 1>::from_data(TensorData::new(v, [indices.len()]), (device, DType::F32))
             };
             PairLogps {
                 chosen: SideLogps {

@@ -6,7 +6,7 @@
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{DType, ElementConversion, Tensor};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use decpo_model::{CompletionBatch, Llama, completion_logps};
 use serde::Serialize;
@@ -171,7 +171,7 @@ impl<B: Backend> DecpoModel<B> {
             self.settings.objective.loss,
             LossType::Simpo | LossType::Sft
         ) {
-            let zeros = Tensor::zeros([pairs], &batch.input_ids.device());
+            let zeros = Tensor::zeros([pairs], (&batch.input_ids.device(), DType::F32));
             let side = SideLogps {
                 sum: zeros.clone(),
                 mean: zeros,
