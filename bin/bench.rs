@@ -139,6 +139,12 @@ fn bench_decpo_step(name: &str, args: &Args) -> anyhow::Result<()> {
     let config = LlamaConfig::preset(name).expect("checked in main");
     backend::Autodiff::seed(&device, 0);
     let base = config.init::<backend::Autodiff>(&device);
+    // As `train` does: full fine-tuning keeps f32 master weights (a no-op in f32).
+    let base = if args.lora {
+        base
+    } else {
+        base.with_f32_master()
+    };
     let (policy, reference) = if args.lora {
         (base.with_lora(&LoraConfig::new()), None)
     } else {

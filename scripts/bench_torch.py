@@ -49,10 +49,11 @@ and "llama-2-7b" are those models' shapes (the presets of model/src/config.rs), 
 (seed 0), random ids (seed 0), full attention mask (no padding). On the CPU: eager attention.
 On CUDA: transformers' default "sdpa" attention, what a PyTorch user gets.
 
---dtype bf16 (with the Rust side's mixed precision, decpo_model::precision): weights and
-activations bf16; logits cast to f32 before the log-softmax; the regularizer's rows and Gram
-matrix in f32; LoRA A/B in f32 (as PEFT's default autocast_adapter_dtype), the branch computed
-in f32 and cast back. GPU lines add "peak_alloc_mib"/"peak_reserved_mib" (torch.cuda.max_memory_*).
+--dtype bf16 (with the Rust side's mixed precision, decpo_model::precision): activations bf16;
+logits cast to f32 before the log-softmax; the regularizer's rows and Gram matrix in f32. With
+--lora: base weights bf16, LoRA A/B in f32 (PEFT's default autocast_adapter_dtype), the branch
+computed in f32 and cast back. Full fine-tuning: f32 weights (master weights) under
+torch.autocast(bfloat16), which casts them to bf16 for each matmul. GPU lines add "peak_alloc_mib"/"peak_reserved_mib" (torch.cuda.max_memory_*).
 
 Modes: --mode forward | forward_backward | decpo_step | all (all three, in that order); without
 --mode: forward and forward_backward. --lora only affects decpo_step; it runs last per config
@@ -398,16 +399,19 @@ def main() -> None:
         cfg = make_config(name)
         cfg._attn_implementation = "sdpa" if device.type == "cuda" else "eager"
         torch.manual_seed(0)
+        # bf16 full fine-tuning: f32 master weights under autocast (see the docstring).
+        autocast = a.dtype == "bf16" and not a.lora and "decpo_step" in modes
         with torch.device(device):
-            model = LlamaForCausalLM(cfg).to(DTYPES[a.dtype])
+            model = LlamaForCausalLM(cfg).to(torch.float32 if autocast else DTYPES[a.dtype])
         model.train(False)  # no dropout; grads still flow in forward_backward
         if a.seq > cfg.max_position_embeddings:
             print(f"warning: seq {a.seq} > max_position_embeddings {cfg.max_position_embeddings} "
                   f"for {name}", file=sys.stderr)
         for mode in modes:
             if mode == "decpo_step":
-                r = bench_decpo_step(model, cfg, name, a.batch, a.seq, a.lora, a.iters, a.warmup,
-                                     a.threads)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    r = bench_decpo_step(model, cfg, name, a.batch, a.seq, a.lora, a.iters,
+                                         a.warmup, a.threads)
             else:
                 r = bench_case(model, name, cfg.vocab_size, a.batch, a.seq, mode, a.iters,
                                a.warmup, a.threads)

@@ -209,6 +209,45 @@ fn lora_adapters_train_in_f32_on_a_bf16_model() {
 }
 
 #[test]
+fn full_fine_tuning_keeps_f32_master_weights_and_computes_in_bf16() {
+    let golden = read_json("decpo-loss-golden.json");
+    let device = device();
+    let model = load_pretrained::<FA>(&fixture("tiny-llama"), &device)
+        .unwrap()
+        .model
+        .with_f32_master();
+    let up = &model.layers[1].mlp.up_proj.base.weight;
+    assert_eq!(up.val().dtype(), DType::F32);
+    assert_eq!(model.norm.gamma.val().dtype(), DType::F32);
+    let batch = batch(&golden);
+    let hidden = model
+        .forward(batch.input_ids.clone(), batch.attention_mask.clone(), &[1])
+        .hidden;
+    assert_eq!(hidden.dtype(), DType::BF16, "activations are not bf16");
+    let case = &golden["cases"][0];
+    let out = objective(&model, &batch, &reference(&golden), &config_of(case), 5);
+    let loss = host(out.loss.clone().inner())[0];
+    let want = case["loss"].as_f64().unwrap() as f32;
+    assert!(
+        (loss - want).abs() < 1e-2 * want,
+        "loss {loss} vs PyTorch f32 {want}"
+    );
+    let grads = out.loss.backward();
+    let g = up.grad(&grads).expect("gradient of layer 1 up_proj");
+    assert_eq!(
+        g.dtype(),
+        DType::F32,
+        "the master weight's gradient is not f32"
+    );
+    let got = host(g.transpose());
+    let want = floats(&case["grads"]["model.layers.1.mlp.up_proj.weight"]);
+    let dot: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    let cos = dot / (norm(&got) * norm(&want));
+    assert!(cos > 0.995, "gradient cosine {cos} with PyTorch f32");
+}
+
+#[test]
 fn a_backend_without_bf16_refuses_it_by_name() {
     let err = set_compute_dtype::<AD>(&Default::default(), Precision::Bf16).unwrap_err();
     let text = err.to_string();

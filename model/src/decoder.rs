@@ -9,6 +9,7 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::lora::Projection;
 use crate::mlp::LlamaMlp;
+use crate::precision::rms_norm;
 
 #[derive(Module, Debug)]
 pub struct LlamaDecoderLayer<B: Backend> {
@@ -49,7 +50,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let attn = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
+            rms_norm(&self.input_layernorm, x.clone()),
             cos,
             sin,
             mask,
@@ -58,7 +59,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         let x = x + attn;
         let (mlp, up) = self
             .mlp
-            .forward(self.post_attention_layernorm.forward(x.clone()));
+            .forward(rms_norm(&self.post_attention_layernorm, x.clone()));
         (x + mlp, up)
     }
 

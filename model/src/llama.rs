@@ -2,11 +2,13 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::module::linear;
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::decoder::LlamaDecoderLayer;
+use crate::precision::{compute_dtype, rms_norm, weight_for};
 use crate::rope::RotaryEmbedding;
 
 #[derive(Module, Debug)]
@@ -102,7 +104,7 @@ impl<B: Backend> Llama<B> {
             .expand([batch, 1, seq, seq]);
         let mask = causal.bool_or(padding);
 
-        let mut x = self.embed_tokens.forward(input_ids);
+        let mut x = self.embed(input_ids);
         let mut captured: Vec<Option<Tensor<B, 3>>> = vec![None; capture.len()];
         for (i, layer) in self.layers.iter().enumerate() {
             let (out, up) = layer.forward(x, &cos, &sin, &mask, None);
@@ -112,21 +114,30 @@ impl<B: Backend> Llama<B> {
             }
         }
         LlamaOutput {
-            hidden: self.norm.forward(x),
+            hidden: rms_norm(&self.norm, x),
             up_proj: captured.into_iter().flatten().collect(),
         }
+    }
+
+    /// Token embeddings in the device's compute type (the table may be kept in f32: see
+    /// [`Llama::with_f32_master`]).
+    fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let device = input_ids.device();
+        self.embed_tokens
+            .forward(input_ids)
+            .cast(compute_dtype::<B>(&device))
     }
 
     /// Unembedding: `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => linear(hidden.clone(), weight_for(head.weight.val(), &hidden), None),
             // Tied: `embed [vocab, hidden] @ hidden^T` keeps the big operand contiguous; multiplying
             // by a transposed view of it made the CPU backend copy all of it on every call.
             None => {
                 let [batch, seq, width] = hidden.dims();
                 let flat = hidden.reshape([batch * seq, width]).transpose();
-                let logits = self.embed_tokens.weight.val().matmul(flat);
+                let logits = weight_for(self.embed_tokens.weight.val(), &flat).matmul(flat);
                 logits
                     .transpose()
                     .reshape([batch, seq, self.config.vocab_size])
@@ -148,12 +159,12 @@ impl<B: Backend> Llama<B> {
         let mask = Tensor::<B, 2, Bool>::tril_mask([new, past + new], past as i64, &device)
             .unsqueeze::<4>()
             .expand([batch, 1, new, past + new]);
-        let mut x = self.embed_tokens.forward(input_ids);
+        let mut x = self.embed(input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &cos, &sin, &mask, Some((cache, i))).0;
         }
         cache.advance(new);
-        let last = self.norm.forward(x.narrow(1, new - 1, 1));
+        let last = rms_norm(&self.norm, x.narrow(1, new - 1, 1));
         self.logits(last).reshape([batch, self.config.vocab_size])
     }
 

@@ -10,10 +10,11 @@ use std::ops::Range;
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
+use burn::tensor::module::linear;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::llama::Llama;
-use crate::precision::f32;
+use crate::precision::{f32, weight_for};
 
 /// Which projections of which layers get adapters, and their shape.
 #[derive(Config, Debug, PartialEq)]
@@ -169,7 +170,7 @@ impl<B: Backend> Projection<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let y = self.base.forward(x.clone());
+        let y = linear(x.clone(), weight_for(self.base.weight.val(), &x), None);
         match &self.lora {
             None => y,
             Some(a) => y + a.forward(x),

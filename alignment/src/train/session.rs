@@ -275,8 +275,8 @@ pub fn train<B: AutodiffBackend>(
             c.validate(policy.config.num_hidden_layers)?;
             policy.with_lora(c)
         }
-        // Full fine-tuning: every weight trains.
-        None => policy.map(&mut Trainable),
+        // Full fine-tuning: every weight trains, kept in f32 when the model computes in bf16.
+        None => policy.map(&mut Trainable).with_f32_master(),
     };
     let needs_reference = !matches!(spec.objective.loss, LossType::Simpo | LossType::Sft);
     let mut reference = None;
