@@ -10,9 +10,7 @@ mod common;
 use burn::tensor::{DType, Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
-use decpo_alignment::{
-    LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer, objective,
-};
+use decpo_alignment::{ObjectiveConfig, Regularizer, objective};
 use decpo_model::{CompletionBatch, LoraConfig, Precision, load_pretrained, set_compute_dtype};
 use serde_json::Value;
 
@@ -34,54 +32,11 @@ fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> V
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
 }
 
-fn config_of(case: &Value) -> ObjectiveConfig {
-    let s = &case["settings"];
-    let reg = &s["regularizer"];
-    let regularizer = (!reg.is_null()).then(|| {
-        let lambda = reg["lambda"].as_f64().unwrap();
-        let layer = reg["layer"].as_u64().unwrap() as usize;
-        let rows = match reg["rows"].as_str() {
-            Some("chosen") => RegRows::Chosen,
-            _ => RegRows::All,
-        };
-        let position = match reg["position"].as_str() {
-            Some("mean") => RegPosition::Mean,
-            _ => RegPosition::Last,
-        };
-        match reg["kind"].as_str().unwrap() {
-            "paper" => Regularizer::Paper {
-                lambda,
-                layer,
-                rows,
-                position,
-                normalize: reg["normalize"].as_bool().unwrap(),
-            },
-            "released" => Regularizer::Released { lambda, layer },
-            _ => Regularizer::L1 {
-                lambda,
-                layer,
-                rows,
-                position,
-            },
-        }
-    });
-    ObjectiveConfig {
-        loss: match s["loss"].as_str().unwrap() {
-            "sigmoid" => LossType::Sigmoid,
-            "ipo" => LossType::Ipo,
-            "hinge" => LossType::Hinge,
-            "simpo" => LossType::Simpo,
-            _ => LossType::Sft,
-        },
-        reduction: match s["reduction"].as_str().unwrap_or("sum") {
-            "sum" => Reduction::Sum,
-            _ => Reduction::Mean,
-        },
-        beta: s["beta"].as_f64().unwrap(),
-        label_smoothing: s["label_smoothing"].as_f64().unwrap_or(0.0),
-        simpo_gamma: s["simpo_gamma"].as_f64().unwrap_or(0.2),
-        regularizer,
-    }
+/// cos(a, b) of two gradients flattened.
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
 }
 
 fn batch(golden: &Value) -> CompletionBatch<FA> {
@@ -120,7 +75,7 @@ fn the_bf16_step_matches_the_pytorch_f32_step_within_bf16_tolerance() {
     let mut worst = [0f32, 0.0, 0.0, 1.0];
     for case in golden["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let out = objective(&model, &batch, &reference, &config_of(case), 5);
+        let out = objective(&model, &batch, &reference, &objective_config(case), 5);
         for (what, t) in [
             ("loss", &out.loss),
             ("loss_reg", &out.loss_reg),
@@ -159,9 +114,7 @@ fn the_bf16_step_matches_the_pytorch_f32_step_within_bf16_tolerance() {
         let got = host(g.transpose());
         let want = floats(&case["grads"]["model.layers.1.mlp.up_proj.weight"]);
         let e = rel_err(&got, &want);
-        let dot: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
-        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
-        let cos = dot / (norm(&got) * norm(&want));
+        let cos = cosine(&got, &want);
         worst[2] = worst[2].max(e);
         worst[3] = worst[3].min(cos);
         // Gradients pass through bf16 matmuls in both directions: measured here, cosine ≥ 0.998
@@ -225,7 +178,13 @@ fn full_fine_tuning_keeps_f32_master_weights_and_computes_in_bf16() {
         .hidden;
     assert_eq!(hidden.dtype(), DType::BF16, "activations are not bf16");
     let case = &golden["cases"][0];
-    let out = objective(&model, &batch, &reference(&golden), &config_of(case), 5);
+    let out = objective(
+        &model,
+        &batch,
+        &reference(&golden),
+        &objective_config(case),
+        5,
+    );
     let loss = host(out.loss.clone().inner())[0];
     let want = case["loss"].as_f64().unwrap() as f32;
     assert!(
@@ -241,9 +200,7 @@ fn full_fine_tuning_keeps_f32_master_weights_and_computes_in_bf16() {
     );
     let got = host(g.transpose());
     let want = floats(&case["grads"]["model.layers.1.mlp.up_proj.weight"]);
-    let dot: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
-    let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    let cos = dot / (norm(&got) * norm(&want));
+    let cos = cosine(&got, &want);
     assert!(cos > 0.995, "gradient cosine {cos} with PyTorch f32");
 }
 

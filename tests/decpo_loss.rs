@@ -9,65 +9,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
-use decpo_alignment::{
-    LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer, objective,
-};
+use decpo_alignment::{ObjectiveConfig, RegPosition, RegRows, Regularizer, objective};
 use decpo_model::{CompletionBatch, Llama, load_pretrained};
 use serde_json::Value;
-
-fn config_of(case: &Value) -> ObjectiveConfig {
-    let case = &case["settings"];
-    let loss = match case["loss"].as_str().unwrap() {
-        "sigmoid" => LossType::Sigmoid,
-        "ipo" => LossType::Ipo,
-        "hinge" => LossType::Hinge,
-        "simpo" => LossType::Simpo,
-        "sft" => LossType::Sft,
-        other => panic!("unknown loss {other}"),
-    };
-    let reduction = match case["reduction"].as_str().unwrap_or("sum") {
-        "sum" => Reduction::Sum,
-        _ => Reduction::Mean,
-    };
-    let reg = &case["regularizer"];
-    let regularizer = (!reg.is_null()).then(|| {
-        let lambda = reg["lambda"].as_f64().unwrap();
-        let layer = reg["layer"].as_u64().unwrap() as usize;
-        let rows = match reg["rows"].as_str() {
-            Some("chosen") => RegRows::Chosen,
-            _ => RegRows::All,
-        };
-        let position = match reg["position"].as_str() {
-            Some("mean") => RegPosition::Mean,
-            _ => RegPosition::Last,
-        };
-        match reg["kind"].as_str().unwrap() {
-            "paper" => Regularizer::Paper {
-                lambda,
-                layer,
-                rows,
-                position,
-                normalize: reg["normalize"].as_bool().unwrap(),
-            },
-            "released" => Regularizer::Released { lambda, layer },
-            "l1" => Regularizer::L1 {
-                lambda,
-                layer,
-                rows,
-                position,
-            },
-            other => panic!("unknown regularizer {other}"),
-        }
-    });
-    ObjectiveConfig {
-        loss,
-        reduction,
-        beta: case["beta"].as_f64().unwrap(),
-        label_smoothing: case["label_smoothing"].as_f64().unwrap_or(0.0),
-        simpo_gamma: case["simpo_gamma"].as_f64().unwrap_or(0.2),
-        regularizer,
-    }
-}
 
 fn vec1(v: &Value) -> Tensor<AD, 1> {
     let data = floats(v);
@@ -138,7 +82,7 @@ fn every_loss_and_regularizer_matches_pytorch() {
     for case in golden["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let names: Vec<String> = case["grads"].as_object().unwrap().keys().cloned().collect();
-        let r = run(&golden, &config_of(case), &names);
+        let r = run(&golden, &objective_config(case), &names);
         let close = |got: f32, key: &str| {
             let want = case[key].as_f64().unwrap() as f32;
             assert!(

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
+use decpo_alignment::{LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer};
 use serde_json::Value;
 
 pub type B = burn::backend::NdArray<f32>;
@@ -93,4 +94,59 @@ pub fn assert_close_each(got: &[f32], want: &[f32], rel: f32, what: &str) {
 
 pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().expect("f32")
+}
+
+/// The objective of a case of decpo-loss-golden.json (scripts/make_loss_fixture.py).
+pub fn objective_config(case: &Value) -> ObjectiveConfig {
+    let case = &case["settings"];
+    let loss = match case["loss"].as_str().unwrap() {
+        "sigmoid" => LossType::Sigmoid,
+        "ipo" => LossType::Ipo,
+        "hinge" => LossType::Hinge,
+        "simpo" => LossType::Simpo,
+        "sft" => LossType::Sft,
+        other => panic!("unknown loss {other}"),
+    };
+    let reduction = match case["reduction"].as_str().unwrap_or("sum") {
+        "sum" => Reduction::Sum,
+        _ => Reduction::Mean,
+    };
+    let reg = &case["regularizer"];
+    let regularizer = (!reg.is_null()).then(|| {
+        let lambda = reg["lambda"].as_f64().unwrap();
+        let layer = reg["layer"].as_u64().unwrap() as usize;
+        let rows = match reg["rows"].as_str() {
+            Some("chosen") => RegRows::Chosen,
+            _ => RegRows::All,
+        };
+        let position = match reg["position"].as_str() {
+            Some("mean") => RegPosition::Mean,
+            _ => RegPosition::Last,
+        };
+        match reg["kind"].as_str().unwrap() {
+            "paper" => Regularizer::Paper {
+                lambda,
+                layer,
+                rows,
+                position,
+                normalize: reg["normalize"].as_bool().unwrap(),
+            },
+            "released" => Regularizer::Released { lambda, layer },
+            "l1" => Regularizer::L1 {
+                lambda,
+                layer,
+                rows,
+                position,
+            },
+            other => panic!("unknown regularizer {other}"),
+        }
+    });
+    ObjectiveConfig {
+        loss,
+        reduction,
+        beta: case["beta"].as_f64().unwrap(),
+        label_smoothing: case["label_smoothing"].as_f64().unwrap_or(0.0),
+        simpo_gamma: case["simpo_gamma"].as_f64().unwrap_or(0.2),
+        regularizer,
+    }
 }
