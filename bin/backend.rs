@@ -28,8 +28,59 @@ compile_error!("enable one backend feature: ndarray (default), flex, wgpu or cud
 #[allow(dead_code)]
 pub type Autodiff = burn::backend::Autodiff<Backend>;
 
-pub fn device() -> <Backend as burn::tensor::backend::BackendTypes>::Device {
+pub type Device = <Backend as burn::tensor::backend::BackendTypes>::Device;
+
+pub fn device() -> Device {
     Default::default()
+}
+
+/// The devices of a comma-separated list as this build names them: `cuda:N` (cuda); `default`,
+/// `discrete:N`, `integrated:N`, `virtual:N` or `cpu` (wgpu); `cpu` (ndarray, flex). A device
+/// named twice gets two workers.
+#[allow(dead_code)]
+pub fn devices(list: &str) -> anyhow::Result<Vec<Device>> {
+    list.split(',')
+        .map(|name| parse_device(name.trim()))
+        .collect()
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn number(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?.parse().ok()
+}
+
+#[cfg(feature = "cuda")]
+fn parse_device(name: &str) -> anyhow::Result<Device> {
+    number(name, "cuda:")
+        .map(|index| Device { index })
+        .ok_or_else(|| anyhow::anyhow!("unknown device {name:?}: this cuda build takes cuda:N"))
+}
+
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+fn parse_device(name: &str) -> anyhow::Result<Device> {
+    let device = match name {
+        "default" => Some(Device::DefaultDevice),
+        "cpu" => Some(Device::Cpu),
+        _ => None,
+    };
+    device
+        .or_else(|| number(name, "discrete:").map(Device::DiscreteGpu))
+        .or_else(|| number(name, "integrated:").map(Device::IntegratedGpu))
+        .or_else(|| number(name, "virtual:").map(Device::VirtualGpu))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown device {name:?}: this wgpu build takes default, discrete:N, \
+                 integrated:N, virtual:N or cpu"
+            )
+        })
+}
+
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+fn parse_device(spec: &str) -> anyhow::Result<Device> {
+    match spec {
+        "cpu" => Ok(device()),
+        _ => anyhow::bail!("unknown device {spec:?}: this {} build takes cpu", name()),
+    }
 }
 
 /// The backend's name, for logs and benchmark tables.

@@ -131,7 +131,9 @@ fn bench_decpo_step(name: &str, args: &Args) -> anyhow::Result<()> {
     use burn::module::Module;
     use burn::optim::{AdamWConfig, Optimizer};
     use burn::train::TrainStep;
-    use decpo_alignment::train::step::{DecpoModel, MicroBatch, StepInput, StepSettings};
+    use decpo_alignment::train::step::{
+        DecpoModel, MicroBatch, StepInput, StepSettings, finish_grads,
+    };
     use decpo_alignment::{ObjectiveConfig, Regularizer};
     use decpo_model::{CompletionBatch, LoraConfig};
 
@@ -178,18 +180,16 @@ fn bench_decpo_step(name: &str, args: &Args) -> anyhow::Result<()> {
         .unsqueeze::<2>()
         .repeat_dim(0, 2 * b);
     let completion_mask = positions.greater_equal_elem((t / 2) as i64).int();
-    let input = StepInput {
-        micro: vec![MicroBatch {
-            batch: CompletionBatch {
-                attention_mask: ids.ones_like(),
-                input_ids: ids,
-                completion_mask,
-            },
-            reference: None,
-            pairs: b,
-            tokens: 2 * b * t,
-        }],
-    };
+    let input = StepInput::whole(vec![MicroBatch {
+        batch: CompletionBatch {
+            attention_mask: ids.ones_like(),
+            input_ids: ids,
+            completion_mask,
+        },
+        reference: None,
+        pairs: b,
+        tokens: 2 * b * t,
+    }]);
     let mut optim = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
@@ -200,7 +200,8 @@ fn bench_decpo_step(name: &str, args: &Args) -> anyhow::Result<()> {
     let mut loss = 0.0;
     let secs = time(args.warmup, args.iters, || {
         let Some(m) = state.take() else { return };
-        let out = m.step(input.clone());
+        let mut out = m.step(input.clone());
+        finish_grads(&m, &mut out.grads);
         loss = out.item.loss;
         state = out
             .item

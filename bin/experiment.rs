@@ -265,7 +265,14 @@ fn main() -> anyhow::Result<()> {
                 eval: data.eval.clone(),
                 summary: String::new(),
             };
-            let out = job::run::<Autodiff>(&c, run_loaded, run_data, false, false, &device)?;
+            let out = job::run::<Autodiff>(
+                &c,
+                run_loaded,
+                run_data,
+                false,
+                false,
+                std::slice::from_ref(&device),
+            )?;
             eprintln!("== {method} (seed {seed}): evaluating");
             results.push(evaluate_method(
                 method,

@@ -5,6 +5,7 @@
 //! cargo run --release --bin train -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --task hh-rlhf --data ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --skip-invalid
 //! cargo run --release --bin train -- --config run.toml --print-config
+//! cargo run --release --features cuda --bin train -- --devices cuda:0,cuda:1 --accumulation 8
 
 mod backend;
 #[path = "train/embedded.rs"]
@@ -53,6 +54,12 @@ struct Args {
     /// What the model computes in: f32, or bf16 (cuda, wgpu and flex builds).
     #[arg(long)]
     dtype: Option<Precision>,
+    /// Devices to train on, data parallel, the first being the main one: cuda:0,cuda:1 (cuda);
+    /// default, discrete:N, integrated:N, virtual:N, cpu (wgpu); cpu (ndarray, flex). Each
+    /// optimizer step's micro-batches are shared out among them (--accumulation at least the
+    /// number of devices keeps them all busy).
+    #[arg(long)]
+    devices: Option<String>,
     /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, sycophancy-caa-full-text,
     /// sycophancy-anthropic, toxicity-pairs.
     #[arg(long)]
@@ -238,9 +245,9 @@ fn regularizer(args: &Args, c: &mut RunConfig, n_layers: usize) -> anyhow::Resul
 fn run<B: AutodiffBackend>(
     args: &Args,
     mut c: RunConfig,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> anyhow::Result<()> {
-    let loaded = job::load::<B>(&mut c, device)?;
+    let loaded = job::load::<B>(&mut c, &devices[0])?;
     regularizer(args, &mut c, loaded.model.config.num_hidden_layers)?;
     if args.print_config {
         print!("{}", toml::to_string(&c)?);
@@ -255,7 +262,7 @@ fn run<B: AutodiffBackend>(
         return Ok(());
     }
     let dashboard = std::io::stdout().is_terminal();
-    let out = job::run::<B>(&c, loaded, data, args.resume, dashboard, device)?;
+    let out = job::run::<B>(&c, loaded, data, args.resume, dashboard, devices)?;
     print_summary(&out.summary, out.resumed_from, &c.out.join("summary.json"));
     Ok(())
 }
@@ -298,7 +305,15 @@ fn print_summary(s: &job::Summary, resumed_from: Option<usize>, path: &Path) {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let c = config(&args)?;
-    let device = device();
-    backend::prepare::<Autodiff>(&device, c.dtype)?;
-    run::<Autodiff>(&args, c, &device)
+    let devices = match &args.devices {
+        Some(list) => backend::devices(list).context("--devices")?,
+        None => vec![device()],
+    };
+    for (i, d) in devices.iter().enumerate() {
+        // A device named twice (two workers on it) is set up once.
+        if !devices[..i].contains(d) {
+            backend::prepare::<Autodiff>(d, c.dtype)?;
+        }
+    }
+    run::<Autodiff>(&args, c, &devices)
 }

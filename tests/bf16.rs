@@ -3,15 +3,19 @@
 //! same tests run on the GPU instead (scripts/gpu/run.sh). The DecPO step on the tiny Llama
 //! in bf16 agrees with the PyTorch f32 reference (scripts/make_loss_fixture.py) within bf16
 //! tolerance, for every loss and regularizer mode; the tensors that `decpo_model::precision`
-//! promises to keep in f32 are f32.
+//! promises to keep in f32 are f32; a bf16 run resumed from its checkpoint keeps training f32
+//! master weights and continues the run that was interrupted.
 
 mod common;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
+use decpo_alignment::train::session::{RunSpec, train};
 use decpo_alignment::{ObjectiveConfig, Regularizer, objective};
-use decpo_model::{CompletionBatch, LoraConfig, Precision, load_pretrained, set_compute_dtype};
+use decpo_model::{
+    CompletionBatch, Llama, LoraConfig, Precision, load_pretrained, set_compute_dtype,
+};
 use serde_json::Value;
 
 #[cfg(feature = "cuda")]
@@ -202,6 +206,86 @@ fn full_fine_tuning_keeps_f32_master_weights_and_computes_in_bf16() {
     let want = floats(&case["grads"]["model.layers.1.mlp.up_proj.weight"]);
     let cos = cosine(&got, &want);
     assert!(cos > 0.995, "gradient cosine {cos} with PyTorch f32");
+}
+
+/// Trains the embedded job's small Llama (`init`, already drawn) for 6 steps in bf16 with f32
+/// master weights, checkpointing every 2, in `dir`.
+fn train_bf16(init: &Llama<FA>, dir: &std::path::Path, resume: bool) -> Vec<Vec<f32>> {
+    let (train_set, eval_set) = sorting_pairs(48, 8);
+    let settings = short_run();
+    let objective = ObjectiveConfig {
+        regularizer: Some(Regularizer::paper(init.config.num_hidden_layers)),
+        ..ObjectiveConfig::default()
+    };
+    let spec = RunSpec {
+        objective: &objective,
+        train: &settings,
+        lora: None,
+        dir,
+        resume,
+        dashboard: false,
+        model_key: "bf16 resume",
+    };
+    let result = train(init.clone(), train_set, eval_set, &spec, &[device()]).unwrap();
+    let up = &result.policy.layers[1].mlp.up_proj.base.weight;
+    assert_eq!(up.val().dtype(), DType::F32, "master weights are not f32");
+    weights(&result.policy)
+}
+
+#[test]
+fn bf16_training_resumed_from_a_checkpoint_keeps_f32_master_weights_and_continues_the_run() {
+    let init = sorting_config().init::<FA>(&device());
+    // Draw the lazily initialised weights once, so both runs start from the same ones.
+    let start = weights(&init);
+    let full = tempfile::tempdir().unwrap();
+    let uninterrupted = train_bf16(&init, full.path(), false);
+    assert_ne!(
+        bits(&uninterrupted),
+        bits(&start),
+        "training changed nothing"
+    );
+
+    // A run that crashed after its second checkpoint (step 4): drop the third interval's files.
+    let crashed = tempfile::tempdir().unwrap();
+    train_bf16(&init, crashed.path(), false);
+    let ck = crashed.path().join("checkpoint");
+    for part in ["model", "optim", "scheduler"] {
+        std::fs::remove_file(ck.join(format!("{part}-3.mpk"))).unwrap();
+    }
+    let resumed = train_bf16(&init, crashed.path(), true);
+    // burn 0.21 loads every float of a checkpoint through the device's default type (bf16), so
+    // the f32 master weights and Adam moments come back rounded to bf16 (and are cast back to
+    // f32): the resumed run is close to the uninterrupted one, not identical. Close means: its
+    // distance to the uninterrupted weights is a small part of what training moved them.
+    let dist = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        let sq: f64 = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| f64::from(x - y).powi(2))
+            .sum();
+        sq.sqrt()
+    };
+    let moved = dist(&uninterrupted, &start);
+    let off = dist(&resumed, &uninterrupted);
+    // The scale of one rounding of the weights to bf16.
+    let rounded: Vec<Vec<f32>> = uninterrupted
+        .iter()
+        .map(|t| {
+            t.iter()
+                .map(|&v| burn::tensor::bf16::from_f32(v).to_f32())
+                .collect()
+        })
+        .collect();
+    let rounding = dist(&rounded, &uninterrupted);
+    println!(
+        "training moved the weights by {moved:.4}; the resumed run is {off:.5} from it; \
+         rounding them to bf16 moves them by {rounding:.5}"
+    );
+    assert!(
+        off < 2.0 * rounding && off < 0.1 * moved,
+        "resumed run {off} from the uninterrupted one (which moved {moved}; bf16 rounding {rounding})"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! `train`'s configuration: `--print-config` output read back with `--config` is the same
-//! configuration, and an unknown field is an error naming it.
+//! `train`'s command line: `--print-config` output read back with `--config` is the same
+//! configuration, and an unknown field or device is an error naming it.
 
 use std::process::Command;
 
@@ -49,4 +49,13 @@ fn an_unknown_configuration_field_is_named() {
         err.contains("learning_rat") && err.contains("bad.toml"),
         "{err}"
     );
+}
+
+#[test]
+fn an_unknown_device_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(&["--devices", "cpu,gpu:7", "--print-config"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--devices") && err.contains("gpu:7"), "{err}");
 }

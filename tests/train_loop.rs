@@ -5,16 +5,14 @@ mod common;
 
 use std::path::Path;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use common::{AD, B, root};
-use decpo_alignment::train::data::PairSet;
+use common::{AD, B, bits, short_run, sorting_config, sorting_pairs, weights};
 use decpo_alignment::train::run::latest_checkpoint;
 use decpo_alignment::train::schedule::Decay;
 use decpo_alignment::train::session::{ReferenceMode, RunSpec, TrainSettings, train};
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
-use decpo_datasets::{Task, TokenizeConfig, load_pairs, tokenize_pairs};
-use decpo_model::{Llama, LlamaConfig, LlamaTokenizer, LoraConfig};
+use decpo_model::{Llama, LoraConfig};
 
 /// burn-ndarray's RNG (weight init, LoRA init, dropout) is one per process: tests that train
 /// must not interleave, or they would draw from each other's stream.
@@ -24,55 +22,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn data(n_train: usize, n_eval: usize) -> (PairSet, PairSet) {
-    let dir = root().join("datasets/default");
-    let tok = LlamaTokenizer::from_hf_dir(&dir).unwrap();
-    let loaded = load_pairs(
-        &dir.join("pairs.jsonl"),
-        &Task::from_name("trl").unwrap(),
-        false,
-    )
-    .unwrap();
-    let eos = tok.token_to_id("</s>").unwrap();
-    let config = TokenizeConfig {
-        max_prompt_length: 16,
-        max_length: 32,
-        eos_id: eos,
-    };
-    let (pairs, _) = tokenize_pairs(&tok, &loaded.pairs, &config, |_| {}).unwrap();
-    let set = |p: &[decpo_datasets::TokenizedPair]| PairSet {
-        pairs: p.to_vec(),
-        pad_id: 0,
-        reference: None,
-    };
-    (
-        set(&pairs[..n_train]),
-        set(&pairs[n_train..n_train + n_eval]),
-    )
-}
-
 fn model(seed: u64) -> Llama<AD> {
-    let text = std::fs::read_to_string(root().join("datasets/default/config.json")).unwrap();
-    let config = LlamaConfig::from_hf_json(&text, "config.json").unwrap();
     let device = Default::default();
     AD::seed(&device, seed);
-    config.init(&device)
+    sorting_config().init(&device)
 }
 
 fn settings() -> TrainSettings {
-    TrainSettings {
-        learning_rate: 2e-3,
-        warmup_steps: 2,
-        decay: Decay::Cosine,
-        epochs: 1,
-        max_steps: Some(6),
-        micro_batch: 4,
-        accumulation: 2,
-        save_every: 2,
-        keep_last: 2,
-        seed: 7,
-        ..TrainSettings::default()
-    }
+    short_run()
 }
 
 fn objective() -> ObjectiveConfig {
@@ -93,7 +50,18 @@ fn run(
     s: &TrainSettings,
     lora: Option<&LoraConfig>,
 ) -> Result<Llama<B>, String> {
-    let (train_set, eval_set) = data(48, 8);
+    run_on(dir, resume, s, lora, 1)
+}
+
+/// As [`run`], data parallel over `workers` workers on the CPU.
+fn run_on(
+    dir: &Path,
+    resume: bool,
+    s: &TrainSettings,
+    lora: Option<&LoraConfig>,
+    workers: usize,
+) -> Result<Llama<B>, String> {
+    let (train_set, eval_set) = sorting_pairs(48, 8);
     let objective = objective();
     train(
         model(3),
@@ -108,31 +76,9 @@ fn run(
             dashboard: false,
             model_key: "test",
         },
-        &Default::default(),
+        &vec![Default::default(); workers],
     )
     .map(|r| r.policy)
-}
-
-/// Every parameter's values, in visiting order.
-fn weights(m: &Llama<B>) -> Vec<Vec<f32>> {
-    struct Collect(Vec<Vec<f32>>);
-    impl burn::module::ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-        ) {
-            self.0.push(p.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
-}
-
-fn bits(w: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    w.iter()
-        .map(|t| t.iter().map(|v| v.to_bits()).collect())
-        .collect()
 }
 
 #[test]
@@ -180,6 +126,58 @@ fn resume_equals_uninterrupted() {
             .map(|v| v["step"].as_u64().unwrap())
             .collect();
         assert_eq!(train_steps, vec![1, 2, 3, 4, 5, 6, 5, 6]);
+    }
+}
+
+/// The `train` lines of a run's log.jsonl.
+fn train_log(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .collect()
+}
+
+#[test]
+fn data_parallel_workers_train_the_one_worker_model() {
+    let _serial = serial();
+    // Full fine-tuning: no dropout, so the workers draw nothing from the one CPU RNG they share.
+    for (accumulation, workers) in [(2, 2), (1, 2), (3, 2), (4, 3)] {
+        let s = TrainSettings {
+            accumulation,
+            ..settings()
+        };
+        let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let expected = weights(&run_on(one.path(), false, &s, None, 1).unwrap());
+        let got = weights(&run_on(many.path(), false, &s, None, workers).unwrap());
+        let case = format!("accumulation {accumulation}, {workers} workers");
+        if workers == 2 && accumulation <= 2 {
+            // Each worker has at most one micro-batch: the same sums, in the same order (a
+            // worker without one adds nothing).
+            assert_eq!(bits(&got), bits(&expected), "{case}");
+        } else {
+            // Other sums of the same gradients: equal up to rounding.
+            for (g, e) in got.iter().zip(&expected) {
+                let scale = e.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                let err = g.iter().zip(e).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err < 1e-4 * scale, "{case}: max |Δw| {err} of {scale}");
+            }
+        }
+        // Every step saw all its pairs and logs the whole step's values.
+        let (a, b) = (train_log(one.path()), train_log(many.path()));
+        assert_eq!(a.len(), b.len(), "{case}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x["pairs"], y["pairs"], "{case}");
+            assert_eq!(x["tokens"], y["tokens"], "{case}");
+            for key in ["loss", "fd", "rewards/margins", "grad_norm"] {
+                let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+                assert!(
+                    (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                    "{case} {key}: {p} vs {q}"
+                );
+            }
+        }
     }
 }
 
@@ -248,7 +246,7 @@ fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint
 fn decpo_learns_the_sorting_preference_on_held_out_pairs() {
     let _serial = serial();
     // SFT first so the reference is not random, then DecPO against it.
-    let (train_set, eval_set) = data(540, 60);
+    let (train_set, eval_set) = sorting_pairs(540, 60);
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let sft = ObjectiveConfig {
@@ -286,7 +284,7 @@ fn decpo_learns_the_sorting_preference_on_held_out_pairs() {
         train_set.clone(),
         eval_set.clone(),
         &spec(&sft, &s, &sft_dir),
-        &device,
+        std::slice::from_ref(&device),
     )
     .unwrap()
     .policy;
@@ -302,7 +300,7 @@ fn decpo_learns_the_sorting_preference_on_held_out_pairs() {
         train_set,
         eval_set,
         &spec(&objective, &s, &decpo_dir),
-        &device,
+        std::slice::from_ref(&device),
     )
     .unwrap();
     let last = &result.report.evals.last().unwrap().values;

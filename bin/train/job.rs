@@ -181,14 +181,15 @@ pub struct JobOutput<B: Backend> {
     pub resumed_from: Option<usize>,
 }
 
-/// Runs the job: optional SFT phase, preference optimisation, evaluation, export.
+/// Runs the job: optional SFT phase, preference optimisation, evaluation, export; training is
+/// data parallel over `devices` (the model is on the first).
 pub fn run<B: AutodiffBackend>(
     c: &RunConfig,
     loaded: Loaded<B>,
     data: JobData,
     resume: bool,
     dashboard: bool,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> anyhow::Result<JobOutput<B::InnerBackend>> {
     let Loaded {
         model,
@@ -234,7 +235,7 @@ pub fn run<B: AutodiffBackend>(
                 dashboard,
                 model_key: &format!("{model_name} {} sft", c.dtype),
             },
-            device,
+            devices,
         )
         .map_err(anyhow::Error::msg)?;
         policy = Llama::from_inner(result.policy.merge_lora());
@@ -277,7 +278,7 @@ pub fn run<B: AutodiffBackend>(
             dashboard,
             model_key: &key,
         },
-        device,
+        devices,
     )
     .map_err(anyhow::Error::msg)?;
     let trained = result.policy;

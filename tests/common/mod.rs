@@ -150,3 +150,84 @@ pub fn objective_config(case: &Value) -> ObjectiveConfig {
         regularizer,
     }
 }
+
+/// A short training run on [`sorting_pairs`]`(48, _)`: 6 optimizer steps of 2 micro-batches of 4
+/// pairs, warmup 2 then cosine, a checkpoint every 2 steps.
+pub fn short_run() -> decpo_alignment::train::session::TrainSettings {
+    decpo_alignment::train::session::TrainSettings {
+        learning_rate: 2e-3,
+        warmup_steps: 2,
+        decay: decpo_alignment::train::schedule::Decay::Cosine,
+        epochs: 1,
+        max_steps: Some(6),
+        micro_batch: 4,
+        accumulation: 2,
+        save_every: 2,
+        keep_last: 2,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+/// The embedded default job's small Llama (datasets/default/config.json).
+pub fn sorting_config() -> decpo_model::LlamaConfig {
+    let path = root().join("datasets/default/config.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    decpo_model::LlamaConfig::from_hf_json(&text, "config.json").unwrap()
+}
+
+/// The first `n_train` pairs of the embedded default job for training and the next `n_eval` for
+/// evaluation, tokenized (prompts ≤ 16 tokens, pairs ≤ 32).
+pub fn sorting_pairs(
+    n_train: usize,
+    n_eval: usize,
+) -> (
+    decpo_alignment::train::data::PairSet,
+    decpo_alignment::train::data::PairSet,
+) {
+    use decpo_datasets::{Task, TokenizeConfig, load_pairs, tokenize_pairs};
+    let dir = root().join("datasets/default");
+    let tok = decpo_model::LlamaTokenizer::from_hf_dir(&dir).unwrap();
+    let loaded = load_pairs(
+        &dir.join("pairs.jsonl"),
+        &Task::from_name("trl").unwrap(),
+        false,
+    )
+    .unwrap();
+    let config = TokenizeConfig {
+        max_prompt_length: 16,
+        max_length: 32,
+        eos_id: tok.token_to_id("</s>").unwrap(),
+    };
+    let (pairs, _) = tokenize_pairs(&tok, &loaded.pairs, &config, |_| {}).unwrap();
+    let set = |p: &[decpo_datasets::TokenizedPair]| decpo_alignment::train::data::PairSet {
+        pairs: p.to_vec(),
+        pad_id: 0,
+        reference: None,
+    };
+    (
+        set(&pairs[..n_train]),
+        set(&pairs[n_train..n_train + n_eval]),
+    )
+}
+
+/// Every parameter's values as f32, in visiting order.
+pub fn weights<Bk: burn::tensor::backend::Backend>(m: &decpo_model::Llama<Bk>) -> Vec<Vec<f32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Collect(Vec<Vec<f32>>);
+    impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
+            let data = p.val().into_data().convert::<f32>();
+            self.0.push(data.to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+pub fn bits(w: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    w.iter()
+        .map(|t| t.iter().map(|v| v.to_bits()).collect())
+        .collect()
+}

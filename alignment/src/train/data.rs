@@ -105,12 +105,18 @@ pub fn plan_eval(n_pairs: usize, micro_batch: usize) -> StepPlan {
         .collect()
 }
 
-/// A burn data loader over a range of a [`StepPlan`].
+/// A burn data loader over a range of a [`StepPlan`]: one item per optimizer step. A loader can
+/// be one of `shards` shards of the plan, for data parallelism: shard `i` of a step is its
+/// micro-batches `i`, `i + shards`, ... (possibly none), so every shard yields one item per step
+/// and the shards of a step together are the step.
+#[derive(Clone)]
 pub struct StepLoader<B: Backend> {
     data: Arc<PairSet>,
     plan: Arc<StepPlan>,
     range: Range<usize>,
     device: B::Device,
+    shard: usize,
+    shards: usize,
 }
 
 impl<B: Backend> StepLoader<B> {
@@ -121,7 +127,25 @@ impl<B: Backend> StepLoader<B> {
             plan,
             range,
             device,
+            shard: 0,
+            shards: 1,
         }
+    }
+
+    /// One loader per device: shard `i` of every step, on `devices[i]`.
+    pub fn shards(&self, devices: &[B::Device]) -> Vec<Arc<dyn DataLoader<B, StepInput<B>>>> {
+        devices
+            .iter()
+            .enumerate()
+            .map(|(i, device)| {
+                Arc::new(Self {
+                    device: device.clone(),
+                    shard: i,
+                    shards: devices.len(),
+                    ..self.clone()
+                }) as Arc<dyn DataLoader<B, StepInput<B>>>
+            })
+            .collect()
     }
 }
 
@@ -139,11 +163,18 @@ impl<B: Backend> Iterator for StepIter<'_, B> {
             return None;
         }
         self.next += 1;
-        let micro = self.loader.plan[step]
+        let l = self.loader;
+        let all = &l.plan[step];
+        let micro = all
             .iter()
-            .map(|idx| self.loader.data.micro_batch(idx, &self.loader.device))
+            .skip(l.shard)
+            .step_by(l.shards)
+            .map(|idx| l.data.micro_batch(idx, &l.device))
             .collect();
-        Some(StepInput { micro })
+        Some(StepInput {
+            micro,
+            step_micro: all.len(),
+        })
     }
 }
 
@@ -167,10 +198,8 @@ impl<B: Backend> DataLoader<B, StepInput<B>> for StepLoader<B> {
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, StepInput<B>>> {
         Arc::new(Self {
-            data: self.data.clone(),
-            plan: self.plan.clone(),
-            range: self.range.clone(),
             device: device.clone(),
+            ..self.clone()
         })
     }
 
@@ -178,10 +207,8 @@ impl<B: Backend> DataLoader<B, StepInput<B>> for StepLoader<B> {
         let s = (self.range.start + start).min(self.range.end);
         let e = (self.range.start + end).min(self.range.end);
         Arc::new(Self {
-            data: self.data.clone(),
-            plan: self.plan.clone(),
             range: s..e,
-            device: self.device.clone(),
+            ..self.clone()
         })
     }
 }

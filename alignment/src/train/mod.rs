@@ -1,8 +1,9 @@
-//! Training on burn-train: the step, its metrics, the schedule, clipping and the loop.
+//! Training on burn-train: the step, its metrics, the schedule, clipping, the loop and resuming.
 
 pub mod clip;
 pub mod data;
 pub mod metrics;
+pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod session;

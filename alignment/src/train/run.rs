@@ -6,9 +6,17 @@
 //!   last `keep_last` and the best by eval loss;
 //! - every checkpoint file is written to a temporary file and renamed ([`AtomicRecorder`]);
 //! - step `s` reseeds the backend RNG with `seed + s` (LoRA dropout) and always gets the same pairs
-//!   (see [`crate::train::data`]), so resuming from a checkpoint replays an uninterrupted run;
+//!   (see [`crate::train::data`]), so resuming from a checkpoint (loaded by
+//!   [`crate::train::restore`]) replays an uninterrupted run;
 //! - a non-finite loss or gradient norm stops the run before the optimizer step, naming the
-//!   step; the last good checkpoint stays as it was.
+//!   step; the last good checkpoint stays as it was;
+//! - data parallel over one or more devices with burn-train's multi-device machinery, as its
+//!   `MultiDevice` strategy with the optimizer on the main device: a `MultiDevicesTrainStep`
+//!   worker per device runs its shard of each step's micro-batches on a fork of the model, the
+//!   gradients are moved to the main device and summed (`GradientsAccumulator`), then clipped
+//!   and applied once. One device goes through the same path with one worker. Since the shards
+//!   of a step are its micro-batches, a step's gradient is the same for any number of devices
+//!   (up to the order of the float sums); evaluation, probes and checkpoints use the main device.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +25,7 @@ use std::time::Instant;
 
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
-use burn::optim::Optimizer;
+use burn::optim::{GradientsAccumulator, Optimizer};
 use burn::record::{
     FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
 };
@@ -27,6 +35,7 @@ use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
+use burn::train::train::MultiDevicesTrainStep;
 use burn::train::{
     EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
@@ -37,8 +46,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::measure::{LayerMeasure, measure_layers};
+use crate::train::data::StepLoader;
 use crate::train::schedule::WarmupSchedule;
-use crate::train::step::{DecpoModel, StepValues};
+use crate::train::step::{DecpoModel, StepValues, finish_grads};
 
 /// burn's named MessagePack recorder at full precision, writing through a temporary file that is
 /// renamed into place: a crash never leaves a half-written checkpoint file.
@@ -157,7 +167,13 @@ pub struct LoopReport {
 }
 
 /// The loop's settings.
-pub struct DecpoStrategy {
+pub struct DecpoStrategy<B: AutodiffBackend> {
+    /// The training steps; the loop reads one shard of it per device.
+    pub train: StepLoader<B>,
+    /// Where the steps run, the main device first (optimizer, evaluation, checkpoints).
+    pub devices: Vec<B::Device>,
+    /// The checkpoint interval the learner was restored from ([`crate::train::restore`]).
+    pub resumed_from: Option<usize>,
     pub total_steps: usize,
     pub save_every: usize,
     pub seed: u64,
@@ -171,12 +187,15 @@ pub struct DecpoStrategy {
     pub pad_id: u32,
 }
 
-/// Folds `v` into the pair-weighted average `acc`.
-pub fn merge_eval(acc: &mut Option<StepValues>, v: StepValues) {
-    let Some(a) = acc else {
+/// Folds `v` into the pair-weighted average `acc` (values of no pairs count for nothing).
+pub fn merge_values(acc: &mut Option<StepValues>, v: StepValues) {
+    let Some(a) = acc.as_mut().filter(|a| a.pairs > 0) else {
         *acc = Some(v);
         return;
     };
+    if v.pairs == 0 {
+        return;
+    }
     let (wa, wb) = (a.pairs as f64, v.pairs as f64);
     let w = (wa + wb).max(1.0);
     let mix = |x: f64, y: f64| (x * wa + y * wb) / w;
@@ -217,7 +236,7 @@ pub fn describe(v: &StepValues) -> String {
 
 type Components<B, O> = LearningComponentsMarker<B, WarmupSchedule, DecpoModel<B>, O>;
 
-impl DecpoStrategy {
+impl<B: AutodiffBackend> DecpoStrategy<B> {
     fn log(&self, split: &str, step: usize, values: &StepValues) {
         let line = serde_json::to_string(&LogLine {
             split,
@@ -229,7 +248,7 @@ impl DecpoStrategy {
     }
 
     /// Measures the probe prompts on `policy` and logs them as a `probe` line.
-    fn probe<B: Backend>(&self, policy: &Llama<B>, step: usize) -> Option<ProbePoint> {
+    fn probe<I: Backend>(&self, policy: &Llama<I>, step: usize) -> Option<ProbePoint> {
         if self.probe.is_empty() {
             return None;
         }
@@ -255,7 +274,7 @@ impl DecpoStrategy {
         }
     }
 
-    fn evaluate<B, O>(
+    fn evaluate<O>(
         &self,
         learner: &Learner<Components<B, O>>,
         loader: &ValidLoader<Components<B, O>>,
@@ -263,7 +282,6 @@ impl DecpoStrategy {
         processor: &mut SupervisedTrainingEventProcessor<Components<B, O>>,
     ) -> Option<StepValues>
     where
-        B: AutodiffBackend,
         O: Optimizer<DecpoModel<B>, B> + 'static,
     {
         let model = learner.model().valid();
@@ -273,7 +291,7 @@ impl DecpoStrategy {
         while let Some(item) = iter.next() {
             i += 1;
             let values = burn::train::InferenceStep::step(&model, item);
-            merge_eval(&mut total, values.clone());
+            merge_values(&mut total, values.clone());
             let item = TrainingItem::new(values, iter.progress(), global.clone(), Some(i), None);
             processor.process_valid(LearnerEvent::ProcessedItem(item));
         }
@@ -282,7 +300,14 @@ impl DecpoStrategy {
     }
 }
 
-impl<B, O> SupervisedLearningStrategy<Components<B, O>> for DecpoStrategy
+/// The seed of step `step` on device `d`: `seed + step` on the main device (a run on one device
+/// draws what it always drew), another stream on each other device.
+fn step_seed(seed: u64, step: usize, d: usize) -> u64 {
+    seed.wrapping_add(step as u64)
+        .wrapping_add((d as u64) << 32)
+}
+
+impl<B, O> SupervisedLearningStrategy<Components<B, O>> for DecpoStrategy<B>
 where
     B: AutodiffBackend,
     O: Optimizer<DecpoModel<B>, B> + 'static,
@@ -291,14 +316,18 @@ where
         &self,
         components: TrainingComponents<Components<B, O>>,
         mut learner: Learner<Components<B, O>>,
-        train: TrainLoader<Components<B, O>>,
+        _train: TrainLoader<Components<B, O>>,
         valid: ValidLoader<Components<B, O>>,
-        starting_epoch: usize,
+        _starting_epoch: usize,
     ) -> (
         DecpoModel<B>,
         SupervisedTrainingEventProcessor<Components<B, O>>,
     ) {
-        let device = learner.model().policy.embed_tokens.weight.device();
+        let starting_epoch = self.resumed_from.map_or(1, |k| k + 1);
+        let main = self.devices[0].clone();
+        learner.fork(&main);
+        let shards = self.train.shards(&self.devices);
+        let workers = MultiDevicesTrainStep::<Components<B, O>>::new(&self.devices);
         let mut processor = components.event_processor;
         let mut checkpointer = components.checkpointer;
         let interrupter = components.interrupter;
@@ -316,17 +345,28 @@ where
             let global = Progress::new(k, intervals);
             let first = (k - 1) * self.save_every;
             let last = (k * self.save_every).min(self.total_steps);
-            let loader = train.slice(first, last);
-            let mut iter = loader.iter();
-            let mut i = 0;
-            while let Some(item) = iter.next() {
-                i += 1;
+            let loaders: Vec<_> = shards.iter().map(|s| s.slice(first, last)).collect();
+            let mut iters: Vec<_> = loaders.iter().map(|l| l.iter()).collect();
+            for i in 1..=last - first {
                 let step = first + i;
-                B::seed(&device, self.seed.wrapping_add(step as u64));
+                for (d, device) in self.devices.iter().enumerate() {
+                    B::seed(device, step_seed(self.seed, step, d));
+                }
                 learner.lr_step();
                 let t0 = Instant::now();
-                let out = learner.train_step(item);
-                let mut values = out.item;
+                let model = learner.model();
+                let (mut outputs, _) = workers.step(&mut iters, &model);
+                // A fixed order of the sums whatever order the workers finish in.
+                outputs.sort_by_key(|o| o.device);
+                let mut sum = GradientsAccumulator::new();
+                let mut merged = None;
+                for o in outputs {
+                    sum.accumulate(&model, o.output.grads.to_device(&main, &model));
+                    merge_values(&mut merged, o.output.item);
+                }
+                let mut grads = sum.grads();
+                let mut values = merged.unwrap_or_default();
+                values.grad_norm = Some(finish_grads(&model, &mut grads));
                 if !values.is_finite() {
                     failure = Some(format!(
                         "step {step}: the loss ({}) or the gradient norm ({}) is not finite; \
@@ -337,7 +377,7 @@ where
                     interrupter.stop(failure.as_deref());
                     break 'intervals;
                 }
-                learner.optimizer_step(out.grads);
+                learner.optimizer_step(grads);
                 let seconds = t0.elapsed().as_secs_f64();
                 values.tokens_per_s = Some(values.tokens as f64 / seconds.max(1e-9));
                 values.learning_rate = Some(learner.lr_current());
@@ -346,8 +386,8 @@ where
                     eprintln!("step {step}/{} | {}", self.total_steps, describe(&values));
                 }
                 let lr = learner.lr_current();
-                let item =
-                    TrainingItem::new(values, iter.progress(), global.clone(), Some(i), Some(lr));
+                let progress = Progress::new(i, last - first);
+                let item = TrainingItem::new(values, progress, global.clone(), Some(i), Some(lr));
                 processor.process_train(LearnerEvent::ProcessedItem(item));
                 done = step;
                 if interrupter.should_stop() {

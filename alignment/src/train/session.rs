@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::{LossType, ObjectiveConfig};
 use crate::train::data::{PairReference, PairSet, StepLoader, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
+use crate::train::restore::restore;
 use crate::train::run::{
-    AtomicRecorder, DecpoStrategy, LoopReport, PlainRenderer, latest_checkpoint, merge_eval,
+    AtomicRecorder, DecpoStrategy, LoopReport, PlainRenderer, latest_checkpoint, merge_values,
 };
 use crate::train::schedule::{Decay, WarmupSchedule};
 use crate::train::step::{DecpoModel, StepSettings, StepValues, pair_logps};
@@ -254,14 +255,18 @@ pub fn total_steps(s: &TrainSettings, n_pairs: usize) -> usize {
     s.max_steps.map_or(all, |m| m.min(all))
 }
 
-/// Trains `policy` on `train_set`, evaluating on `eval_set` every `save_every` steps.
+/// Trains `policy` on `train_set`, evaluating on `eval_set` every `save_every` steps, data
+/// parallel over `devices` (the first is the main one: optimizer, evaluation, checkpoints).
 pub fn train<B: AutodiffBackend>(
     policy: Llama<B>,
     mut train_set: PairSet,
     mut eval_set: PairSet,
     spec: &RunSpec,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<TrainResult<B::InnerBackend>, String> {
+    let Some(device) = devices.first() else {
+        return Err("no device to train on".into());
+    };
     let s = spec.train;
     s.validate()?;
     spec.objective.validate(policy.config.num_hidden_layers)?;
@@ -318,11 +323,7 @@ pub fn train<B: AutodiffBackend>(
     let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
     let probe = eval_set.prompts(s.probe_prompts);
     let pad_id = eval_set.pad_id;
-    let train_loader = Arc::new(StepLoader::<B>::new(
-        Arc::new(train_set),
-        Arc::new(plan),
-        device.clone(),
-    ));
+    let train_loader = StepLoader::<B>::new(Arc::new(train_set), Arc::new(plan), device.clone());
     let eval_device = device.clone();
     let eval_loader = Arc::new(StepLoader::<B::InnerBackend>::new(
         Arc::new(eval_set),
@@ -354,10 +355,24 @@ pub fn train<B: AutodiffBackend>(
     } else {
         None
     };
-    if resumed_from.is_none() {
-        let _ = std::fs::remove_file(&log_path);
-    }
+    let (model, optim, schedule) = match resumed_from {
+        Some(k) => restore(
+            &spec.dir.join("checkpoint"),
+            k,
+            model,
+            optim,
+            schedule,
+            device,
+        )?,
+        None => {
+            let _ = std::fs::remove_file(&log_path);
+            (model, optim, schedule)
+        }
+    };
     let strategy = DecpoStrategy {
+        train: train_loader.clone(),
+        devices: devices.to_vec(),
+        resumed_from,
         total_steps: steps,
         save_every: s.save_every,
         seed: s.seed,
@@ -372,7 +387,7 @@ pub fn train<B: AutodiffBackend>(
         pad_id,
     };
     let loss_metric = ValueMetric::all(false).swap_remove(0);
-    let mut training = SupervisedTraining::new(spec.dir, train_loader, eval_loader)
+    let mut training = SupervisedTraining::new(spec.dir, Arc::new(train_loader), eval_loader)
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
         .with_file_checkpointer(AtomicRecorder::default())
         .with_checkpointing_strategy(
@@ -397,9 +412,6 @@ pub fn train<B: AutodiffBackend>(
     }
     if !spec.dashboard {
         training = training.renderer(PlainRenderer);
-    }
-    if let Some(k) = resumed_from {
-        training = training.checkpoint(k);
     }
     let result = training.launch(Learner::new(model, optim, schedule));
     drop(result.renderer);
@@ -431,11 +443,9 @@ pub fn evaluate<B: Backend>(
     let mut total = None;
     for batch in plan_eval(set.pairs.len(), micro_batch) {
         let m = set.micro_batch::<B>(&batch[0], device);
-        let v = burn::train::InferenceStep::step(
-            &model,
-            crate::train::step::StepInput { micro: vec![m] },
-        );
-        merge_eval(&mut total, v);
+        let v =
+            burn::train::InferenceStep::step(&model, crate::train::step::StepInput::whole(vec![m]));
+        merge_values(&mut total, v);
     }
     total.unwrap_or_default()
 }

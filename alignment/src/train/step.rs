@@ -1,7 +1,8 @@
 //! The DecPO step as a burn-train model: [`DecpoModel`] implements `TrainStep` (policy forward
-//! and backward over the micro-batches of one optimizer step, loss scaled by 1/n so accumulated
-//! gradients average, then global-norm clipping) and `InferenceStep` (the same numbers, no
-//! gradients, for evaluation).
+//! and backward over one device's share of the micro-batches of an optimizer step, each loss
+//! divided by the step's micro-batch count so that the gradients summed over micro-batches and
+//! devices average) and `InferenceStep` (the same numbers, no gradients, for evaluation). The
+//! training loop sums the devices' gradients and clips their global norm ([`finish_grads`]).
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -48,10 +49,20 @@ pub struct MicroBatch<B: Backend> {
     pub tokens: usize,
 }
 
-/// The micro-batches of one optimizer step.
+/// One device's micro-batches of an optimizer step (all of them on a single device).
 #[derive(Debug, Clone)]
 pub struct StepInput<B: Backend> {
     pub micro: Vec<MicroBatch<B>>,
+    /// Micro-batches in the whole optimizer step, over all devices: each loss is divided by it.
+    pub step_micro: usize,
+}
+
+impl<B: Backend> StepInput<B> {
+    /// A whole optimizer step on one device.
+    pub fn whole(micro: Vec<MicroBatch<B>>) -> Self {
+        let step_micro = micro.len();
+        Self { micro, step_micro }
+    }
 }
 
 /// The step's numbers, on the host, averaged over its pairs (names as TRL logs them).
@@ -224,7 +235,7 @@ impl<B: AutodiffBackend> TrainStep for DecpoModel<B> {
     type Output = StepValues;
 
     fn step(&self, item: StepInput<B>) -> TrainOutput<StepValues> {
-        let n = item.micro.len().max(1);
+        let n = item.step_micro.max(1);
         // A reference that was not precomputed runs on the inner backend: no autodiff graph, no
         // second copy of the weights.
         let mut inner = None;
@@ -243,14 +254,17 @@ impl<B: AutodiffBackend> TrainStep for DecpoModel<B> {
             let grads = out.loss.div_scalar(n as f64).backward();
             accumulator.accumulate(self, GradientsParams::from_grads(grads, self));
         }
-        let mut grads = accumulator.grads();
-        let norm = clip_global_norm(self, &mut grads, self.settings.max_grad_norm);
-        values.grad_norm = Some(norm);
         TrainOutput {
-            grads,
+            grads: accumulator.grads(),
             item: values.finish(),
         }
     }
+}
+
+/// Clips the summed gradients of a whole step to the configured global norm; returns the norm
+/// before clipping.
+pub fn finish_grads<B: AutodiffBackend>(model: &DecpoModel<B>, grads: &mut GradientsParams) -> f64 {
+    clip_global_norm(model, grads, model.settings.max_grad_norm)
 }
 
 impl<B: Backend> InferenceStep for DecpoModel<B> {
