@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
-use crate::lora::Projection;
+use crate::linear::Projection;
 use crate::rope::apply_rotary;
 
 #[derive(Module, Debug)]

@@ -7,8 +7,9 @@ use burn::tensor::{Bool, Tensor, backend::Backend};
 use crate::attention::LlamaAttention;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
-use crate::lora::Projection;
+use crate::linear::Projection;
 use crate::mlp::LlamaMlp;
+use crate::names::PROJECTIONS;
 use crate::precision::rms_norm;
 
 #[derive(Module, Debug)]
@@ -63,30 +64,36 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         (x + mlp, up)
     }
 
-    /// The seven projections under their Hugging Face names.
+    /// The seven projections with their names, in the order of [`PROJECTIONS`].
     pub fn projections(&self) -> [(&'static str, &Projection<B>); 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            ("q_proj", &a.q_proj),
-            ("k_proj", &a.k_proj),
-            ("v_proj", &a.v_proj),
-            ("o_proj", &a.o_proj),
-            ("gate_proj", &m.gate_proj),
-            ("up_proj", &m.up_proj),
-            ("down_proj", &m.down_proj),
-        ]
+        named([
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ])
     }
 
     pub fn projections_mut(&mut self) -> [(&'static str, &mut Projection<B>); 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            ("q_proj", &mut a.q_proj),
-            ("k_proj", &mut a.k_proj),
-            ("v_proj", &mut a.v_proj),
-            ("o_proj", &mut a.o_proj),
-            ("gate_proj", &mut m.gate_proj),
-            ("up_proj", &mut m.up_proj),
-            ("down_proj", &mut m.down_proj),
-        ]
+        named([
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ])
     }
+}
+
+/// Pairs the projections, given in the order of [`PROJECTIONS`], with their names.
+fn named<T>(projections: [T; 7]) -> [(&'static str, T); 7] {
+    let mut names = PROJECTIONS.iter().map(|p| p.name);
+    projections.map(|p| (names.next().expect("seven names"), p))
 }

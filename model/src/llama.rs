@@ -8,7 +8,9 @@ use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::decoder::LlamaDecoderLayer;
-use crate::precision::{compute_dtype, rms_norm, weight_for};
+use crate::linear::Projection;
+use crate::lora::LoraConfig;
+use crate::precision::{ToF32, compute_dtype, rms_norm, weight_for};
 use crate::rope::RotaryEmbedding;
 
 #[derive(Module, Debug)]
@@ -171,5 +173,57 @@ impl<B: Backend> Llama<B> {
     /// A cache sized for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
+    }
+
+    /// Freezes every weight and adds fresh adapters where `c` says: only the adapters train.
+    pub fn with_lora(self, c: &LoraConfig) -> Self {
+        let layers = c.layers(self.config.num_hidden_layers);
+        let wants = |name: &str| c.targets.iter().any(|t| t == name);
+        let mut model = self.no_grad();
+        for (i, layer) in model.layers.iter_mut().enumerate() {
+            if !layers.contains(&i) {
+                continue;
+            }
+            for (name, proj) in layer.projections_mut() {
+                if wants(name) {
+                    let p = std::mem::replace(proj, Projection::new(proj.base.clone()));
+                    *proj = p.with_adapter(c);
+                }
+            }
+        }
+        model
+    }
+
+    /// The same model without its adapters (weights shared, not copied): LoRA's reference model.
+    pub fn without_adapters(&self) -> Self {
+        self.map_projections(Projection::without_adapter)
+    }
+
+    /// Adapters folded into the base weights, for export.
+    pub fn merge_lora(&self) -> Self {
+        self.map_projections(Projection::merged)
+    }
+
+    /// Whether any projection carries an adapter.
+    pub fn has_adapters(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.projections().iter().any(|(_, p)| p.lora.is_some()))
+    }
+
+    fn map_projections(&self, f: impl Fn(&Projection<B>) -> Projection<B>) -> Self {
+        let mut model = self.clone();
+        for layer in model.layers.iter_mut() {
+            for (_, proj) in layer.projections_mut() {
+                *proj = f(proj);
+            }
+        }
+        model
+    }
+
+    /// Every weight stored in f32 (master weights) while activations stay in the device's
+    /// compute type: for full fine-tuning in bf16. A no-op in f32.
+    pub fn with_f32_master(self) -> Self {
+        self.map(&mut ToF32)
     }
 }

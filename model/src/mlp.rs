@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::tensor::{Tensor, activation::silu, backend::Backend};
 
-use crate::lora::Projection;
+use crate::linear::Projection;
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
 #[derive(Module, Debug)]

@@ -17,13 +17,12 @@
 //!   margin 2.91 in f32, 1.92 with bf16 weights, 2.87 with f32 master weights;
 //! - RMSNorm's mean of squares.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{ModuleMapper, Param};
 use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, FloatDType, Int, IntDType, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::llama::Llama;
 
 /// The floating-point type the model computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -126,7 +125,7 @@ pub fn rms_norm<B: Backend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> 
 }
 
 /// Casts every parameter to f32, keeping its id and whether it trains.
-struct ToF32;
+pub(crate) struct ToF32;
 
 impl<B: Backend> ModuleMapper<B> for ToF32 {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -135,13 +134,5 @@ impl<B: Backend> ModuleMapper<B> for ToF32 {
             let t = f32(t).detach();
             if trains { t.require_grad() } else { t }
         })
-    }
-}
-
-impl<B: Backend> Llama<B> {
-    /// Every weight stored in f32 (master weights) while activations stay in the device's
-    /// compute type: for full fine-tuning in bf16. A no-op in f32.
-    pub fn with_f32_master(self) -> Self {
-        self.map(&mut ToF32)
     }
 }

@@ -11,6 +11,7 @@ use super::dequant::{GgmlType, dequantize, type_name};
 use super::{HostTensor, TensorSource};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result, io_err};
+use crate::names::hf_from_gguf;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -386,41 +387,15 @@ pub struct GgufSource {
     kv_heads: usize,
 }
 
-/// Hugging Face name of a GGUF llama tensor.
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.into());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let part = match part {
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{part}"))
-}
-
 impl GgufSource {
     pub fn new(file: GgufFile, config: &LlamaConfig) -> Result<Self> {
         let mut names = BTreeMap::new();
         for gguf in file.tensors.keys() {
             // Unknown tensors keep their GGUF name so the loader reports them as unused.
-            names.insert(hf_name(gguf).unwrap_or_else(|| gguf.clone()), gguf.clone());
+            names.insert(
+                hf_from_gguf(gguf).unwrap_or_else(|| gguf.clone()),
+                gguf.clone(),
+            );
         }
         Ok(Self {
             file,

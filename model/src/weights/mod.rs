@@ -20,9 +20,13 @@ use crate::attention::LlamaAttention;
 use crate::config::LlamaConfig;
 use crate::decoder::LlamaDecoderLayer;
 use crate::error::{ModelError, Result};
+use crate::linear::Projection;
 use crate::llama::Llama;
-use crate::lora::Projection;
 use crate::mlp::LlamaMlp;
+use crate::names::{
+    EMBED_TOKENS, INPUT_LAYERNORM, LM_HEAD, NORM, POST_ATTENTION_LAYERNORM, PROJECTIONS,
+    norm_weight,
+};
 use crate::tokenizer::LlamaTokenizer;
 
 /// A host-side f32 tensor in row-major order.
@@ -96,66 +100,61 @@ pub fn load_llama<B: Backend>(
         c.num_key_value_heads * c.head_dim,
     );
     let embed_tokens = Embedding {
-        weight: loader.param("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?,
+        weight: loader.param(EMBED_TOKENS.0, [c.vocab_size, c.hidden_size])?,
     };
+    let (hidden, ff) = (c.hidden_size, c.intermediate_size);
+    // [d_in, d_out] of each projection, in the order of `PROJECTIONS`.
+    let shapes = [
+        (hidden, q_out),
+        (hidden, kv_out),
+        (hidden, kv_out),
+        (q_out, hidden),
+        (hidden, ff),
+        (hidden, ff),
+        (ff, hidden),
+    ];
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
+        let mut loaded = Vec::with_capacity(PROJECTIONS.len());
+        for (p, (d_in, d_out)) in PROJECTIONS.iter().zip(shapes) {
+            loaded.push(loader.projection(&p.weight(i), d_in, d_out)?);
+        }
+        let [
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            gate_proj,
+            up_proj,
+            down_proj,
+        ]: [Projection<B>; 7] = loaded.try_into().expect("one per name");
         layers.push(LlamaDecoderLayer {
-            input_layernorm: loader.norm(&format!("{p}.input_layernorm.weight"), c)?,
+            input_layernorm: loader.norm(&norm_weight(i, INPUT_LAYERNORM.0), c)?,
             self_attn: LlamaAttention {
-                q_proj: loader.projection(
-                    &format!("{p}.self_attn.q_proj.weight"),
-                    c.hidden_size,
-                    q_out,
-                )?,
-                k_proj: loader.projection(
-                    &format!("{p}.self_attn.k_proj.weight"),
-                    c.hidden_size,
-                    kv_out,
-                )?,
-                v_proj: loader.projection(
-                    &format!("{p}.self_attn.v_proj.weight"),
-                    c.hidden_size,
-                    kv_out,
-                )?,
-                o_proj: loader.projection(
-                    &format!("{p}.self_attn.o_proj.weight"),
-                    q_out,
-                    c.hidden_size,
-                )?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: c.head_dim,
             },
             post_attention_layernorm: loader
-                .norm(&format!("{p}.post_attention_layernorm.weight"), c)?,
+                .norm(&norm_weight(i, POST_ATTENTION_LAYERNORM.0), c)?,
             mlp: LlamaMlp {
-                gate_proj: loader.projection(
-                    &format!("{p}.mlp.gate_proj.weight"),
-                    c.hidden_size,
-                    c.intermediate_size,
-                )?,
-                up_proj: loader.projection(
-                    &format!("{p}.mlp.up_proj.weight"),
-                    c.hidden_size,
-                    c.intermediate_size,
-                )?,
-                down_proj: loader.projection(
-                    &format!("{p}.mlp.down_proj.weight"),
-                    c.intermediate_size,
-                    c.hidden_size,
-                )?,
+                gate_proj,
+                up_proj,
+                down_proj,
             },
         });
     }
-    let norm = loader.norm("model.norm.weight", c)?;
+    let norm = loader.norm(NORM.0, c)?;
     let lm_head = if c.tie_word_embeddings {
         // Tied checkpoints sometimes still carry a copy of the embedding as lm_head.
-        loader.unused.remove("lm_head.weight");
+        loader.unused.remove(LM_HEAD.0);
         None
     } else {
-        Some(loader.linear("lm_head.weight", c.hidden_size, c.vocab_size)?)
+        Some(loader.linear(LM_HEAD.0, c.hidden_size, c.vocab_size)?)
     };
     if !loader.unused.is_empty() {
         let names: Vec<_> = loader.unused.iter().take(8).cloned().collect();

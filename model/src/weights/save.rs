@@ -13,6 +13,10 @@ use super::transpose;
 use crate::error::{ModelError, Result, io_err};
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
+use crate::names::{
+    EMBED_TOKENS, INPUT_LAYERNORM, LM_HEAD, NORM, POST_ATTENTION_LAYERNORM, PROJECTIONS,
+    norm_weight,
+};
 use crate::tokenizer::LlamaTokenizer;
 
 /// (name, shape, little-endian f32 bytes) in Hugging Face layout.
@@ -50,53 +54,23 @@ fn projection<B: Backend>(name: String, w: Tensor<B, 2>) -> Named {
 /// The model's tensors under Hugging Face names.
 fn hf_tensors<B: Backend>(model: &Llama<B>) -> Vec<Named> {
     let mut out = vec![plain(
-        "model.embed_tokens.weight".into(),
+        EMBED_TOKENS.0.into(),
         model.embed_tokens.weight.val(),
     )];
     for (i, layer) in model.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let a = &layer.self_attn;
-        let m = &layer.mlp;
-        out.push(plain(
-            format!("{p}.input_layernorm.weight"),
-            layer.input_layernorm.gamma.val(),
-        ));
-        out.push(projection(
-            format!("{p}.self_attn.q_proj.weight"),
-            a.q_proj.merged_weight(),
-        ));
-        out.push(projection(
-            format!("{p}.self_attn.k_proj.weight"),
-            a.k_proj.merged_weight(),
-        ));
-        out.push(projection(
-            format!("{p}.self_attn.v_proj.weight"),
-            a.v_proj.merged_weight(),
-        ));
-        out.push(projection(
-            format!("{p}.self_attn.o_proj.weight"),
-            a.o_proj.merged_weight(),
-        ));
-        out.push(plain(
-            format!("{p}.post_attention_layernorm.weight"),
-            layer.post_attention_layernorm.gamma.val(),
-        ));
-        out.push(projection(
-            format!("{p}.mlp.gate_proj.weight"),
-            m.gate_proj.merged_weight(),
-        ));
-        out.push(projection(
-            format!("{p}.mlp.up_proj.weight"),
-            m.up_proj.merged_weight(),
-        ));
-        out.push(projection(
-            format!("{p}.mlp.down_proj.weight"),
-            m.down_proj.merged_weight(),
-        ));
+        for (norm, name) in [
+            (&layer.input_layernorm, INPUT_LAYERNORM.0),
+            (&layer.post_attention_layernorm, POST_ATTENTION_LAYERNORM.0),
+        ] {
+            out.push(plain(norm_weight(i, name), norm.gamma.val()));
+        }
+        for (p, (_, proj)) in PROJECTIONS.iter().zip(layer.projections()) {
+            out.push(projection(p.weight(i), proj.merged_weight()));
+        }
     }
-    out.push(plain("model.norm.weight".into(), model.norm.gamma.val()));
+    out.push(plain(NORM.0.into(), model.norm.gamma.val()));
     if let Some(head) = &model.lm_head {
-        out.push(projection("lm_head.weight".into(), head.weight.val()));
+        out.push(projection(LM_HEAD.0.into(), head.weight.val()));
     }
     out
 }
@@ -131,14 +105,9 @@ pub fn save_lora_adapters<B: Backend>(
 ) -> Result<()> {
     let mut tensors = Vec::new();
     for (i, layer) in model.layers.iter().enumerate() {
-        for (name, proj) in layer.projections() {
+        for (name, (_, proj)) in PROJECTIONS.iter().zip(layer.projections()) {
             let Some(a) = &proj.lora else { continue };
-            let group = if ["gate_proj", "up_proj", "down_proj"].contains(&name) {
-                "mlp"
-            } else {
-                "self_attn"
-            };
-            let p = format!("base_model.model.model.layers.{i}.{group}.{name}");
+            let p = format!("base_model.model.{}", name.module(i));
             // burn keeps A as [d_in, r] and B as [r, d_out]; PEFT as [r, d_in] and [d_out, r].
             tensors.push(projection(format!("{p}.lora_A.weight"), a.lora_a.val()));
             tensors.push(projection(format!("{p}.lora_B.weight"), a.lora_b.val()));

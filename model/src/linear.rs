@@ -1,0 +1,132 @@
+//! The model's linear layer: a bias-free projection `y = x·W` with an optional LoRA adapter
+//! (`+ (α/r)·dropout(x)·A·B`, see [`crate::lora`]).
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
+use burn::tensor::module::linear;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::lora::LoraConfig;
+use crate::precision::{f32, weight_for};
+
+/// The low-rank update of one projection. Its weights are f32 whatever the model computes in
+/// (see [`crate::precision`]): they are what training updates.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[d_in, r]`, the PEFT `lora_A` transposed.
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[r, d_out]`, the PEFT `lora_B` transposed.
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub scale: f64,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    pub fn init(d_in: usize, d_out: usize, c: &LoraConfig, device: &B::Device) -> Self {
+        // PEFT's default: kaiming-uniform A (a = √5, i.e. bound 1/√fan_in), zero B.
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Self {
+            lora_a: f32_param(
+                Initializer::Uniform {
+                    min: -bound,
+                    max: bound,
+                },
+                [d_in, c.rank],
+                device,
+            ),
+            lora_b: f32_param(Initializer::Zeros, [c.rank, d_out], device),
+            scale: c.alpha / c.rank as f64,
+            dropout: DropoutConfig::new(c.dropout).init(),
+        }
+    }
+
+    /// `scale · A·B`, `[d_in, d_out]` in f32: what merging adds to the base weight.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.lora_a.val().matmul(self.lora_b.val()) * self.scale
+    }
+
+    /// `scale · dropout(x)·A·B`, computed in f32 and returned in `x`'s type.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let low = f32(self.dropout.forward(x)).matmul(self.lora_a.val().unsqueeze());
+        (low.matmul(self.lora_b.val().unsqueeze()) * self.scale).cast(dtype)
+    }
+}
+
+/// A parameter drawn from `init` and stored in f32, lazily as burn's own initializers do (the
+/// values are drawn at first use, from the backend RNG as it is then).
+fn f32_param<B: Backend>(
+    init: Initializer,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let value = f32(init.init::<B, 2, _>(shape, device).val()).detach();
+            if require_grad {
+                value.require_grad()
+            } else {
+                value
+            }
+        },
+        device.clone(),
+        true,
+        shape.into(),
+    )
+}
+
+/// A bias-free projection with an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct Projection<B: Backend> {
+    pub base: Linear<B>,
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> Projection<B> {
+    pub fn new(base: Linear<B>) -> Self {
+        Self { base, lora: None }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let y = linear(x.clone(), weight_for(self.base.weight.val(), &x), None);
+        match &self.lora {
+            None => y,
+            Some(a) => y + a.forward(x),
+        }
+    }
+
+    /// The weight `[d_in, d_out]` with the adapter (if any) folded in.
+    pub fn merged_weight(&self) -> Tensor<B, 2> {
+        let w = self.base.weight.val();
+        match &self.lora {
+            None => w,
+            Some(a) => {
+                let dtype = w.dtype();
+                (f32(w) + a.delta()).cast(dtype)
+            }
+        }
+    }
+
+    pub(crate) fn with_adapter(self, c: &LoraConfig) -> Self {
+        let [d_in, d_out] = self.base.weight.dims();
+        let device = self.base.weight.device();
+        Self {
+            lora: Some(LoraAdapter::init(d_in, d_out, c, &device)),
+            base: self.base.no_grad(),
+        }
+    }
+
+    pub(crate) fn without_adapter(&self) -> Self {
+        Self {
+            base: self.base.clone(),
+            lora: None,
+        }
+    }
+
+    pub(crate) fn merged(&self) -> Self {
+        let mut base = self.base.clone();
+        base.weight = Param::from_tensor(self.merged_weight().detach());
+        Self { base, lora: None }
+    }
+}
