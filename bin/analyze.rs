@@ -10,20 +10,15 @@
 //! A `--model` is a GGUF file, a Hugging Face directory, or a `train` run directory (its exported
 //! `model/`). Relative depth is l / (L − 1), so models of different depths share one axis.
 
-mod backend;
-#[path = "analyze/measures.rs"]
-mod measures;
-#[path = "analyze/plots.rs"]
-mod plots;
-#[path = "train/prep.rs"]
-mod prep;
-
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::measures::{ModelAnalysis, analyze_model, fd_over_steps, write_outputs};
+use decpo::analysis::measures::{ModelAnalysis, analyze_model, fd_over_steps, write_outputs};
+use decpo::backend;
+use decpo::run::RunConfig;
+use decpo::run::cli::DataArgs;
 
 #[derive(Parser, Debug)]
 #[command(about = "Per-layer FD / AV, top tokens and plots for one or more models")]
@@ -34,12 +29,10 @@ struct Args {
     /// Names of the models in tables and legends (default: the file or directory name).
     #[arg(long, num_args = 1)]
     name: Vec<String>,
-    /// Preference files whose prompts are measured.
-    #[arg(long, required = true, num_args = 1..)]
-    data: Vec<PathBuf>,
-    /// Data adapter (as `train --task`).
-    #[arg(long, default_value = "trl")]
-    task: String,
+    /// Which data, and how it is split: the first `--model` that is a run directory gives its
+    /// own (`config.toml`) and these flags override it; else the flags on the defaults.
+    #[command(flatten)]
+    data: DataArgs,
     /// Most prompts measured (SPEC: 1000).
     #[arg(long, default_value_t = 1000)]
     n: usize,
@@ -55,10 +48,6 @@ struct Args {
     /// Training runs (train's --out directories) whose FD over steps is plotted.
     #[arg(long, num_args = 1)]
     run: Vec<PathBuf>,
-    #[arg(long)]
-    skip_invalid: bool,
-    #[arg(long, default_value_t = 128)]
-    max_prompt_length: usize,
     /// Output directory for JSON, CSV and plots.
     #[arg(long, default_value = "analysis")]
     out: PathBuf,
@@ -94,22 +83,22 @@ fn main() -> anyhow::Result<()> {
         bail!("--prompts: `eval` or `all`, got `{}`", args.prompts);
     }
     let device = backend::device();
-    let data = prep::DataConfig {
-        task: args.task.clone(),
-        files: args.data.clone(),
-        skip_invalid: args.skip_invalid,
-        max_prompt_length: args.max_prompt_length,
-        max_length: args.max_prompt_length + 1,
-        ..prep::DataConfig::default()
-    };
-    data.validate()?;
+    // The prompts are tokenized and split as the run did, so that they are its held-out prompts.
+    let run = args
+        .model
+        .iter()
+        .find_map(|m| RunConfig::of_run(m).transpose())
+        .transpose()?;
+    let mut c = run.unwrap_or_default();
+    args.data.apply(&mut c);
     let mut analyses: Vec<ModelAnalysis> = Vec::new();
     for (i, path) in args.model.iter().enumerate() {
         let name = args.name.get(i).cloned();
         let a = analyze_model::<backend::Backend>(
             path,
             name,
-            &data,
+            &c.data,
+            c.train.seed,
             args.prompts == "all",
             args.n,
             |n| parse_layers(&args.layers, n),

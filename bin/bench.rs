@@ -9,14 +9,13 @@
 //! cargo run --release --bin bench -- --config all --batch 4 --seq 128
 //! cargo run --release --features cuda --bin bench -- --config llama-3.2-1b --mode decpo_step --dtype bf16
 
-mod backend;
-
 use std::time::Instant;
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Parser;
+use decpo::backend;
 use decpo_model::{LlamaConfig, Precision, completion_logps};
 
 #[derive(Parser, Debug, Clone)]

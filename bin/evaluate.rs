@@ -6,13 +6,11 @@
 //!     --reference models/SmolLM2-135M-Instruct.Q4_1.gguf --task cognitive-reframing \
 //!     --data ../shared/data/cognitive-reframing/reframing_dataset.csv --json
 //!
-//! Models are GGUF files, Hugging Face directories or `train` run directories. Without
-//! `--reference` the policy is its own reference. Log-probs are summed over the completion
+//! Models are GGUF files, Hugging Face directories or `train` run directories. A run directory
+//! as `--policy` also gives the data: its `config.toml` says which files, task, lengths, split
+//! and seed, so the held-out pairs are the ones it held out (checked against its `heldout.txt`);
+//! data flags override it. Without `--reference` the policy is its own reference. Log-probs are summed over the completion
 //! tokens, the appended EOS included.
-
-mod backend;
-#[path = "train/prep.rs"]
-mod prep;
 
 use std::path::PathBuf;
 
@@ -23,7 +21,9 @@ use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jso
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_model::{Llama, SamplingConfig, load_pretrained};
 
-use crate::backend::{Backend, device};
+use decpo::backend::{Backend, device};
+use decpo::run::cli::{DataArgs, config_of_model};
+use decpo::run::data::{check_heldout, eos_id, prepare, resolve_model};
 
 #[derive(Parser, Debug)]
 #[command(about = "Held-out rewards of a policy against a reference, and judged generations")]
@@ -34,21 +34,19 @@ struct Args {
     /// The reference (default: the policy itself).
     #[arg(long)]
     reference: Option<PathBuf>,
-    #[arg(long, required = true, num_args = 1..)]
-    data: Vec<PathBuf>,
-    /// Data adapter (as `train --task`).
-    #[arg(long, default_value = "trl")]
-    task: String,
+    /// Which data, and how it is split: a run directory's own (`config.toml`) unless a flag
+    /// says otherwise; else these flags on the defaults.
+    #[command(flatten)]
+    data: DataArgs,
     /// Which pairs: `eval` (the held-out part, as `train` splits it) or `all`.
     #[arg(long, default_value = "eval")]
     pairs: String,
-    #[arg(long, default_value_t = 0.1)]
-    eval_fraction: f64,
     /// Most pairs evaluated.
     #[arg(long)]
     n: Option<usize>,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
+    /// β (default: the run's, else 0.1).
+    #[arg(long)]
+    beta: Option<f64>,
     /// sigmoid, ipo, hinge, simpo or sft.
     #[arg(long, default_value = "sigmoid")]
     loss: String,
@@ -58,12 +56,6 @@ struct Args {
     /// Its layer (default ⌊L/3⌋).
     #[arg(long)]
     dec_layer: Option<usize>,
-    #[arg(long, default_value_t = 128)]
-    max_prompt_length: usize,
-    #[arg(long, default_value_t = 256)]
-    max_length: usize,
-    #[arg(long)]
-    skip_invalid: bool,
     /// Judge model: turns on the generation eval.
     #[arg(long)]
     judge: Option<PathBuf>,
@@ -75,8 +67,9 @@ struct Args {
     /// 0: greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
+    /// Seed of the sampling (with --temperature above 0).
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    sampling_seed: u64,
     /// Where the (prompt, response, judge answer) lines go.
     #[arg(long, default_value = "generations.jsonl")]
     generations: PathBuf,
@@ -88,7 +81,7 @@ struct Args {
 fn load(
     path: &std::path::Path,
 ) -> anyhow::Result<(Llama<Backend>, Option<decpo_model::LlamaTokenizer>)> {
-    let resolved = prep::resolve_model(path);
+    let resolved = resolve_model(path);
     let p = load_pretrained::<Backend>(&resolved, &device())
         .with_context(|| format!("loading {}", resolved.display()))?;
     Ok((p.model, p.tokenizer))
@@ -117,6 +110,8 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let run = config_of_model(&args.policy, &args.data)?;
+    let beta = args.beta.unwrap_or(run.objective.beta);
     let n_layers = policy.config.num_hidden_layers;
     let layer = args.dec_layer.unwrap_or(n_layers / 3);
     if layer >= n_layers {
@@ -128,24 +123,17 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
     let objective = ObjectiveConfig {
         loss,
-        beta: args.beta,
+        beta,
         regularizer,
         ..ObjectiveConfig::default()
     };
 
-    let data = prep::DataConfig {
-        task: args.task.clone(),
-        files: args.data.clone(),
-        skip_invalid: args.skip_invalid,
-        max_prompt_length: args.max_prompt_length,
-        max_length: args.max_length,
-        eval_fraction: args.eval_fraction,
-        ..prep::DataConfig::default()
-    };
-    data.validate()?;
-    let eos = prep::eos_id(&tok, &args.policy.display().to_string())?;
-    let prepared = prep::prepare(&data, &tok, eos, 42)?;
+    let eos = eos_id(&tok, &args.policy.display().to_string())?;
+    let prepared = prepare(&run.data, &tok, eos, run.train.seed)?;
     eprint!("{}", prepared.summary);
+    if !args.data.changes_pairs() {
+        check_heldout(&args.policy, &prepared.eval)?;
+    }
     let mut pairs = if args.pairs == "all" {
         prepared.train.into_iter().chain(prepared.eval).collect()
     } else {
@@ -174,16 +162,16 @@ fn main() -> anyhow::Result<()> {
 
     let mut generation = None;
     if let Some(judge_path) = &args.judge {
-        let question = JudgeQuestion::for_task(&args.task).with_context(|| {
-            format!("--judge: task `{}` has no judge question (toxicity-pairs, hh-rlhf, cognitive-reframing, sycophancy-*)", args.task)
+        let question = JudgeQuestion::for_task(&run.data.task).with_context(|| {
+            format!("--judge: task `{}` has no judge question (toxicity-pairs, hh-rlhf, cognitive-reframing, sycophancy-*)", run.data.task)
         })?;
         let (jm, jt) = load(judge_path)?;
         let jt = jt.with_context(|| format!("{} has no tokenizer", judge_path.display()))?;
-        let judge = Judge::new(&jm, &jt, &device).map_err(anyhow::Error::msg)?;
+        let judge = Judge::new(&jm, &jt, &device)?;
         let sampling = SamplingConfig {
             temperature: args.temperature,
             top_p: 1.0,
-            seed: args.seed,
+            seed: args.sampling_seed,
         };
         let judged = generate_and_judge(
             &policy,
@@ -196,9 +184,8 @@ fn main() -> anyhow::Result<()> {
             &judge,
             &device,
             |j| eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes),
-        )
-        .map_err(anyhow::Error::msg)?;
-        write_jsonl(&args.generations, &judged).map_err(anyhow::Error::msg)?;
+        )?;
+        write_jsonl(&args.generations, &judged)?;
         let (rate, p) = yes_rate(&judged);
         generation = Some(serde_json::json!({
             "prompts": judged.len(),
@@ -216,17 +203,15 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{} held-out pairs, β {}", summary.pairs, args.beta);
-    println!("  reward accuracy  {:.3}", summary.reward_accuracy);
-    println!("  mean margin      {:.4}", summary.mean_margin);
-    println!("  mean loss        {:.4}", summary.mean_loss);
-    if let Some(r) = summary.mean_reg {
-        println!("  mean regularizer {r:.4} (layer {layer}, before λ)");
+    println!("{} held-out pairs, β {beta}, means:", summary.pairs);
+    println!("  rewards/accuracies  {:.3}", summary.rewards_accuracies);
+    println!("  rewards/margins     {:.4}", summary.rewards_margins);
+    println!("  loss/preference     {:.4}", summary.loss_preference);
+    if let Some(r) = summary.loss_regularizer {
+        println!("  loss/regularizer    {r:.4} (layer {layer}, before λ)");
     }
-    println!(
-        "  mean logps       chosen {:.2}, rejected {:.2}",
-        summary.mean_logps_chosen, summary.mean_logps_rejected
-    );
+    println!("  logps/chosen        {:.2}", summary.logps_chosen);
+    println!("  logps/rejected      {:.2}", summary.logps_rejected);
     if let Some(g) = generation {
         println!(
             "judged YES: {:.1} % of {} responses (every line in {})",

@@ -7,34 +7,18 @@
 //!     --task cognitive-reframing --data ../shared/data/cognitive-reframing/reframing_dataset.csv \
 //!     --max-steps 60 --out reports/smollm2-reframing
 
-mod backend;
-#[path = "train/embedded.rs"]
-mod embedded;
-#[path = "experiment/eval.rs"]
-mod eval;
-#[path = "train/job.rs"]
-mod job;
-#[path = "analyze/measures.rs"]
-mod measures;
-#[path = "analyze/plots.rs"]
-mod plots;
-#[path = "train/prep.rs"]
-mod prep;
-#[path = "experiment/report.rs"]
-mod report;
-
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use decpo_alignment::train::session::TrainSettings;
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
-use decpo_model::LoraConfig;
 
-use crate::backend::{Autodiff, device};
-use crate::eval::{GenerationSettings, MethodResult, evaluate_method};
-use crate::job::RunConfig;
+use decpo::backend::{self, Autodiff, device};
+use decpo::experiment::eval::{GenerationSettings, MethodResult, evaluate_method};
+use decpo::experiment::report;
+use decpo::run::cli::{DataArgs, TrainArgs};
+use decpo::run::{RunConfig, embedded, job};
 
 /// The methods of the paper's Table 2.
 const METHODS: [&str; 5] = ["sft", "dpo", "simpo", "l1", "decpo"];
@@ -45,11 +29,8 @@ struct Args {
     /// Base model: GGUF file or Hugging Face directory (absent: the embedded small Llama).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Data adapter (as `train --task`).
-    #[arg(long)]
-    task: Option<String>,
-    #[arg(long, num_args = 1..)]
-    data: Vec<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Report directory.
     #[arg(long, default_value = "reports/experiment")]
     out: PathBuf,
@@ -59,19 +40,8 @@ struct Args {
     /// Seeds, comma-separated; every method runs once per seed.
     #[arg(long, default_value = "42")]
     seeds: String,
-    /// Optimizer steps per run (the same budget for every method).
-    #[arg(long)]
-    max_steps: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    #[arg(long)]
-    micro_batch: Option<usize>,
-    #[arg(long)]
-    accumulation: Option<usize>,
-    #[arg(long)]
-    save_every: Option<usize>,
+    #[command(flatten)]
+    train: TrainArgs,
     #[arg(long)]
     beta: Option<f64>,
     /// DecPO's λ (paper mode).
@@ -83,17 +53,9 @@ struct Args {
     /// The regularized layer of DecPO and L1-Reg (default ⌊L/3⌋).
     #[arg(long)]
     dec_layer: Option<usize>,
-    #[arg(long)]
-    max_prompt_length: Option<usize>,
-    #[arg(long)]
-    max_length: Option<usize>,
-    #[arg(long)]
-    eval_fraction: Option<f64>,
     /// Use only the first N training pairs (file order), for a smaller budget.
     #[arg(long)]
     train_pairs: Option<usize>,
-    #[arg(long)]
-    skip_invalid: bool,
     /// Full fine-tuning instead of the authors' LoRA.
     #[arg(long)]
     no_lora: bool,
@@ -129,31 +91,14 @@ fn base_config(args: &Args) -> RunConfig {
         None => embedded::config(),
         Some(m) => RunConfig {
             model: Some(m.clone()),
-            lora: Some(LoraConfig::new()),
-            ..RunConfig::default()
+            ..RunConfig::authors()
         },
     };
     if args.no_lora {
         c.lora = None;
     }
-    if let Some(t) = &args.task {
-        c.data.task = t.clone();
-    }
-    if !args.data.is_empty() {
-        c.data.files = args.data.clone();
-    }
-    c.data.skip_invalid |= args.skip_invalid;
-    let d = &mut c.data;
-    d.max_prompt_length = args.max_prompt_length.unwrap_or(d.max_prompt_length);
-    d.max_length = args.max_length.unwrap_or(d.max_length);
-    d.eval_fraction = args.eval_fraction.unwrap_or(d.eval_fraction);
-    let t: &mut TrainSettings = &mut c.train;
-    t.max_steps = args.max_steps.or(t.max_steps);
-    t.epochs = args.epochs.unwrap_or(t.epochs);
-    t.learning_rate = args.learning_rate.unwrap_or(t.learning_rate);
-    t.micro_batch = args.micro_batch.unwrap_or(t.micro_batch);
-    t.accumulation = args.accumulation.unwrap_or(t.accumulation);
-    t.save_every = args.save_every.unwrap_or(t.save_every);
+    args.data.apply(&mut c);
+    args.train.apply(&mut c);
     c.objective.beta = args.beta.unwrap_or(c.objective.beta);
     // Every method starts from the same weights: no SFT phase inside the runs.
     c.sft = None;

@@ -3,12 +3,11 @@
 //!
 //! cargo run --release --bin export -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out out/smollm2-hf
 
-mod backend;
-
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use decpo::backend;
 use decpo_model::{load_pretrained, save_hf_dir};
 
 #[derive(Parser, Debug)]

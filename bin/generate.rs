@@ -3,14 +3,13 @@
 //! cargo run --release --bin generate -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --prompt "The capital of France is" --max-new-tokens 16
 
-mod backend;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use decpo::backend;
 use decpo_model::{ChatMessage, SamplingConfig, generate, load_pretrained};
 
 #[derive(Parser, Debug)]

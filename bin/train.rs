@@ -7,14 +7,6 @@
 //! cargo run --release --bin train -- --config run.toml --print-config
 //! cargo run --release --features cuda --bin train -- --devices cuda:0,cuda:1 --accumulation 8
 
-mod backend;
-#[path = "train/embedded.rs"]
-mod embedded;
-#[path = "train/job.rs"]
-mod job;
-#[path = "train/prep.rs"]
-mod prep;
-
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -23,12 +15,13 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use decpo_alignment::measure::LayerMeasure;
 use decpo_alignment::train::run::describe;
-use decpo_alignment::train::session::ReferenceMode;
 use decpo_alignment::{LossType, Regularizer};
-use decpo_model::{LoraConfig, Precision};
+use decpo_model::Precision;
 
-use crate::backend::{Autodiff, device};
-use crate::job::{RunConfig, SftPhase};
+use decpo::backend::{self, Autodiff, device};
+use decpo::run::cli::{DataArgs, TrainArgs};
+use decpo::run::job::{self, Summary};
+use decpo::run::{RunConfig, SftPhase, embedded};
 
 #[derive(Parser, Debug)]
 #[command(about = "DPO / DecPO training of a Llama model on preference pairs")]
@@ -60,35 +53,8 @@ struct Args {
     /// number of devices keeps them all busy).
     #[arg(long)]
     devices: Option<String>,
-    /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, sycophancy-caa-full-text,
-    /// sycophancy-anthropic, toxicity-pairs.
-    #[arg(long)]
-    task: Option<String>,
-    /// Preference files (JSONL, JSON, CSV, Parquet, optionally gzipped); each is split on its own.
-    #[arg(long, num_args = 1..)]
-    data: Vec<PathBuf>,
-    /// Evaluation files; when given, all of --data trains.
-    #[arg(long, num_args = 1..)]
-    eval_data: Vec<PathBuf>,
-    #[arg(long)]
-    prompt_column: Option<String>,
-    #[arg(long)]
-    chosen_column: Option<String>,
-    #[arg(long)]
-    rejected_column: Option<String>,
-    /// Skip and count invalid rows instead of stopping at the first.
-    #[arg(long)]
-    skip_invalid: bool,
-    #[arg(long)]
-    max_prompt_length: Option<usize>,
-    #[arg(long)]
-    max_length: Option<usize>,
-    #[arg(long, value_enum)]
-    split: Option<prep::SplitKind>,
-    #[arg(long)]
-    eval_fraction: Option<f64>,
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// sigmoid, ipo, hinge, simpo, sft.
     #[arg(long)]
     loss: Option<String>,
@@ -108,26 +74,8 @@ struct Args {
     no_lora: bool,
     #[arg(long)]
     lora_rank: Option<usize>,
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Pairs per micro-batch.
-    #[arg(long)]
-    micro_batch: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    accumulation: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Optimizer steps between evaluations and checkpoints.
-    #[arg(long)]
-    save_every: Option<usize>,
-    /// precomputed, frozen or lora-off.
-    #[arg(long)]
-    reference: Option<String>,
+    #[command(flatten)]
+    train: TrainArgs,
     /// Steps of SFT before preference optimisation (0 = none).
     #[arg(long)]
     sft_steps: Option<usize>,
@@ -141,19 +89,10 @@ fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow
 /// The configuration: embedded default job, or a file, or the authors' defaults; then flags.
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
     let mut c = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
-        }
-        None if args.model.is_none() && args.data.is_empty() => embedded::config(),
-        // The authors' setup (SPEC section 5): LoRA r 8 / α 16 / dropout 0.05 on q, v, up.
-        None => RunConfig {
-            lora: Some(LoraConfig::new()),
-            ..RunConfig::default()
-        },
+        Some(path) => RunConfig::read(path)?,
+        None if args.model.is_none() && args.data.data.is_empty() => embedded::config(),
+        None => RunConfig::authors(),
     };
-    let d = &mut c.data;
     macro_rules! set {
         ($dst:expr, $src:expr) => {
             if let Some(v) = $src.clone() {
@@ -166,42 +105,13 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         c.model = args.model.clone();
     }
     set!(c.dtype, args.dtype);
-    set!(d.task, args.task);
-    if !args.data.is_empty() {
-        d.files = args.data.clone();
-    }
-    if !args.eval_data.is_empty() {
-        d.eval_files = args.eval_data.clone();
-    }
-    set!(d.prompt_column, args.prompt_column);
-    set!(d.chosen_column, args.chosen_column);
-    set!(d.rejected_column, args.rejected_column);
-    d.skip_invalid |= args.skip_invalid;
-    set!(d.max_prompt_length, args.max_prompt_length);
-    set!(d.max_length, args.max_length);
-    set!(d.split, args.split);
-    set!(d.eval_fraction, args.eval_fraction);
-    if args.cache_dir.is_some() {
-        d.cache_dir = args.cache_dir.clone();
-    }
+    args.data.apply(&mut c);
     let o = &mut c.objective;
     if let Some(l) = &args.loss {
         o.loss = parse_enum("loss", l)?;
     }
     set!(o.beta, args.beta);
-    let t = &mut c.train;
-    set!(t.learning_rate, args.learning_rate);
-    set!(t.epochs, args.epochs);
-    if args.max_steps.is_some() {
-        t.max_steps = args.max_steps;
-    }
-    set!(t.micro_batch, args.micro_batch);
-    set!(t.accumulation, args.accumulation);
-    set!(t.seed, args.seed);
-    set!(t.save_every, args.save_every);
-    if let Some(r) = &args.reference {
-        t.reference = parse_enum::<ReferenceMode>("reference", r)?;
-    }
+    args.train.apply(&mut c);
     if args.no_lora {
         c.lora = None;
     }
@@ -267,7 +177,7 @@ fn run<B: AutodiffBackend>(
     Ok(())
 }
 
-fn print_summary(s: &job::Summary, resumed_from: Option<usize>, path: &Path) {
+fn print_summary(s: &Summary, resumed_from: Option<usize>, path: &Path) {
     println!("\n== DecPO run: {} ==", s.model);
     if let Some(k) = resumed_from {
         println!("resumed from checkpoint {k}");

@@ -25,7 +25,6 @@ pub type Backend = burn::backend::NdArray<f32>;
 compile_error!("enable one backend feature: ndarray (default), flex, wgpu or cuda");
 
 /// The backend with automatic differentiation, for training and gradients.
-#[allow(dead_code)]
 pub type Autodiff = burn::backend::Autodiff<Backend>;
 
 pub type Device = <Backend as burn::tensor::backend::BackendTypes>::Device;
@@ -37,7 +36,6 @@ pub fn device() -> Device {
 /// The devices of a comma-separated list as this build names them: `cuda:N` (cuda); `default`,
 /// `discrete:N`, `integrated:N`, `virtual:N` or `cpu` (wgpu); `cpu` (ndarray, flex). A device
 /// named twice gets two workers.
-#[allow(dead_code)]
 pub fn devices(list: &str) -> anyhow::Result<Vec<Device>> {
     list.split(',')
         .map(|name| parse_device(name.trim()))
@@ -84,7 +82,6 @@ fn parse_device(spec: &str) -> anyhow::Result<Device> {
 }
 
 /// The backend's name, for logs and benchmark tables.
-#[allow(dead_code)]
 pub fn name() -> &'static str {
     if cfg!(feature = "cuda") {
         "cuda"
@@ -104,7 +101,6 @@ pub fn name() -> &'static str {
 /// choice for the same shape (0.5-0.7x of a bf16-tuned kernel). The cache lives in
 /// `$DECPO_AUTOTUNE_DIR/<backend>-<dtype>` (default `~/.cache/decpo/autotune`); a `cubecl.toml`
 /// or `burn.toml` in the working directory overrides this.
-#[allow(dead_code)]
 pub fn prepare<B: burn::tensor::backend::Backend>(
     device: &B::Device,
     precision: decpo_model::Precision,
@@ -115,8 +111,16 @@ pub fn prepare<B: burn::tensor::backend::Backend>(
     Ok(())
 }
 
+/// cubecl's configuration is global and may be set once per process: with several devices
+/// (`--devices cuda:0,cuda:1`) `prepare` runs once per device, and a second `set` panics.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn autotune_cache(precision: decpo_model::Precision) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| set_autotune_cache(precision));
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn set_autotune_cache(precision: decpo_model::Precision) {
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
     let user_file = ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
         .iter()

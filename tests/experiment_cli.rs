@@ -56,12 +56,12 @@ fn experiment_trains_every_method_and_the_measures_agree() {
 
     let by = |m: &str| results.iter().find(|r| r["method"] == m).unwrap();
     // The base against itself: every margin 0, ties count as wrong.
-    assert_eq!(by("base")["eval"]["mean_margin"].as_f64(), Some(0.0));
-    assert_eq!(by("base")["eval"]["reward_accuracy"].as_f64(), Some(0.0));
+    assert_eq!(by("base")["eval"]["rewards/margins"].as_f64(), Some(0.0));
+    assert_eq!(by("base")["eval"]["rewards/accuracies"].as_f64(), Some(0.0));
     // Six DPO steps separate most held-out pairs of the sort-digits task.
     let dpo = &by("dpo")["eval"];
-    assert!(dpo["reward_accuracy"].as_f64().unwrap() > 0.6, "{dpo}");
-    assert!(dpo["mean_margin"].as_f64().unwrap() > 0.0, "{dpo}");
+    assert!(dpo["rewards/accuracies"].as_f64().unwrap() > 0.6, "{dpo}");
+    assert!(dpo["rewards/margins"].as_f64().unwrap() > 0.0, "{dpo}");
 
     // The probe before training measures the base model on the same held-out prompts.
     let probe0 = &by("dpo")["train"]["probes"][0];

@@ -199,7 +199,7 @@ fn evaluate_log_probs_of_real_pairs_match_transformers() {
     }
     let s = summarize(&evals);
     assert_eq!(
-        (s.pairs, s.reward_accuracy),
+        (s.pairs, s.rewards_accuracies),
         (4, 0.0),
         "ties count as wrong"
     );

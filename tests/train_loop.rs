@@ -79,6 +79,7 @@ fn run_on(
         &vec![Default::default(); workers],
     )
     .map(|r| r.policy)
+    .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -222,7 +223,7 @@ fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint
     let err = run(dir.path(), false, &s, None).unwrap_err();
     assert!(err.contains("not finite"), "{err}");
     let step: usize = err
-        .strip_prefix("step ")
+        .strip_prefix("training stopped: step ")
         .and_then(|r| r.split(':').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no step in: {err}"));

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{AlignError, Result};
+
 /// The per-pair preference loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +95,7 @@ impl Regularizer {
     /// A regularizer by name at `layer`, with the defaults of SPEC section 3: `paper` (λ 1e-4,
     /// all rows, last token, normalised), `released` (λ 1e-3), `l1` (λ₁ 1e-4, all rows, last
     /// token); `none` is `None`.
-    pub fn named(kind: &str, layer: usize) -> Result<Option<Self>, String> {
+    pub fn named(kind: &str, layer: usize) -> Result<Option<Self>> {
         Ok(match kind {
             "none" => None,
             "paper" => Some(Self::paper_at(layer)),
@@ -108,8 +110,9 @@ impl Regularizer {
                 position: RegPosition::Last,
             }),
             other => {
-                return Err(format!(
-                    "unknown value `{other}` (paper, released, l1, none)"
+                return Err(AlignError::setting(
+                    "regularizer",
+                    format!("unknown value `{other}` (paper, released, l1, none)"),
                 ));
             }
         })
@@ -179,25 +182,31 @@ impl Default for ObjectiveConfig {
 
 impl ObjectiveConfig {
     /// Checks the values; the message names the bad one.
-    pub fn validate(&self, n_layers: usize) -> Result<(), String> {
+    pub fn validate(&self, n_layers: usize) -> Result<()> {
         if self.beta.is_nan() || self.beta <= 0.0 {
-            return Err(format!("beta must be positive, got {}", self.beta));
+            return Err(AlignError::setting(
+                "objective.beta",
+                format!("must be positive, got {}", self.beta),
+            ));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            return Err(format!(
-                "label_smoothing must be in [0, 0.5), got {}",
-                self.label_smoothing
+            return Err(AlignError::setting(
+                "objective.label_smoothing",
+                format!("must be in [0, 0.5), got {}", self.label_smoothing),
             ));
         }
         if let Some(reg) = &self.regularizer {
             if reg.layer() >= n_layers {
-                return Err(format!(
-                    "dec_layer {} is not a layer of a {n_layers}-layer model",
-                    reg.layer()
+                return Err(AlignError::setting(
+                    "objective.regularizer.layer",
+                    format!("{} is not a layer of a {n_layers}-layer model", reg.layer()),
                 ));
             }
             if reg.lambda().is_nan() || reg.lambda() < 0.0 {
-                return Err(format!("lambda must be >= 0, got {}", reg.lambda()));
+                return Err(AlignError::setting(
+                    "objective.regularizer.lambda",
+                    format!("must be >= 0, got {}", reg.lambda()),
+                ));
             }
         }
         Ok(())

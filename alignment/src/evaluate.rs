@@ -36,17 +36,26 @@ pub struct PairEval {
     pub reg: Option<f64>,
 }
 
-/// Aggregates over the held-out pairs.
+/// Means over the held-out pairs, under the names training logs them with (TRL's; the old
+/// names are still read, for reports written before).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
     pub pairs: usize,
     /// Share of pairs with r_w > r_l (ties count 0).
-    pub reward_accuracy: f64,
-    pub mean_margin: f64,
-    pub mean_loss: f64,
-    pub mean_reg: Option<f64>,
-    pub mean_logps_chosen: f64,
-    pub mean_logps_rejected: f64,
+    #[serde(rename = "rewards/accuracies", alias = "reward_accuracy")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins", alias = "mean_margin")]
+    pub rewards_margins: f64,
+    /// The preference loss.
+    #[serde(rename = "loss/preference", alias = "mean_loss")]
+    pub loss_preference: f64,
+    /// The regularizer's value before λ.
+    #[serde(rename = "loss/regularizer", alias = "mean_reg")]
+    pub loss_regularizer: Option<f64>,
+    #[serde(rename = "logps/chosen", alias = "mean_logps_chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected", alias = "mean_logps_rejected")]
+    pub logps_rejected: f64,
 }
 
 fn scalars<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
@@ -101,13 +110,13 @@ pub fn summarize(pairs: &[PairEval]) -> EvalSummary {
     let regs: Option<Vec<f64>> = pairs.iter().map(|p| p.reg).collect();
     EvalSummary {
         pairs: pairs.len(),
-        reward_accuracy: mean(|p| f64::from(u8::from(p.rewards_chosen > p.rewards_rejected))),
-        mean_margin: mean(|p| p.margin),
-        mean_loss: mean(|p| p.loss),
-        mean_reg: regs
+        rewards_accuracies: mean(|p| f64::from(u8::from(p.rewards_chosen > p.rewards_rejected))),
+        rewards_margins: mean(|p| p.margin),
+        loss_preference: mean(|p| p.loss),
+        loss_regularizer: regs
             .filter(|r| !r.is_empty())
             .map(|r| r.iter().sum::<f64>() / n),
-        mean_logps_chosen: mean(|p| p.logps_chosen),
-        mean_logps_rejected: mean(|p| p.logps_rejected),
+        logps_chosen: mean(|p| p.logps_chosen),
+        logps_rejected: mean(|p| p.logps_rejected),
     }
 }

@@ -11,6 +11,8 @@ use decpo_datasets::tokenize::TokenizedPair;
 use decpo_model::{ChatMessage, Llama, LlamaTokenizer, SamplingConfig, generate};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{AlignError, Result};
+
 /// The paper's judge questions (SPEC section 6), by kind of task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,21 +71,19 @@ pub struct Judge<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Judge<'a, B> {
-    pub fn new(
-        model: &'a Llama<B>,
-        tok: &'a LlamaTokenizer,
-        device: &B::Device,
-    ) -> Result<Self, String> {
-        let first = |word: &str| -> Result<u32, String> {
+    pub fn new(model: &'a Llama<B>, tok: &'a LlamaTokenizer, device: &B::Device) -> Result<Self> {
+        let first = |word: &str| -> Result<u32> {
             tok.encode(word, false)
-                .map_err(|e| format!("judge tokenizer: {e}"))?
+                .map_err(|e| AlignError::Judge(format!("tokenizer: {e}")))?
                 .first()
                 .copied()
-                .ok_or_else(|| format!("judge tokenizer: `{word}` encodes to nothing"))
+                .ok_or_else(|| AlignError::Judge(format!("tokenizer: `{word}` encodes to nothing")))
         };
         let (yes, no) = (first("YES")?, first("NO")?);
         if yes == no {
-            return Err("judge tokenizer: YES and NO start with the same token".into());
+            return Err(AlignError::Judge(
+                "tokenizer: YES and NO start with the same token".into(),
+            ));
         }
         Ok(Self {
             model,
@@ -123,12 +123,12 @@ impl<'a, B: Backend> Judge<'a, B> {
         prompt: &str,
         response: &str,
         reference: Option<&str>,
-    ) -> Result<Verdict, String> {
+    ) -> Result<Verdict> {
         let text = self.render(question, prompt, response, reference);
         let ids = self
             .tok
             .encode(&text, true)
-            .map_err(|e| format!("judge tokenizer: {e}"))?;
+            .map_err(|e| AlignError::Judge(format!("tokenizer: {e}")))?;
         let n = ids.len();
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
@@ -160,10 +160,10 @@ pub fn respond<B: Backend>(
     stop_ids: &[u32],
     sampling: &SamplingConfig,
     device: &B::Device,
-) -> Result<String, String> {
+) -> Result<String> {
     let ids = generate(model, prompt, max_new_tokens, stop_ids, sampling, device);
     tok.decode(&ids, true)
-        .map_err(|e| format!("decoding a response: {e}"))
+        .map_err(|e| AlignError::Judge(format!("decoding a response: {e}")))
 }
 
 /// One judged response.
@@ -194,14 +194,17 @@ pub fn generate_and_judge<B: Backend>(
     judge: &Judge<B>,
     device: &B::Device,
     mut progress: impl FnMut(&Judged),
-) -> Result<Vec<Judged>, String> {
+) -> Result<Vec<Judged>> {
     let eos: Vec<u32> = tok
         .eos_token
         .as_deref()
         .and_then(|t| tok.token_to_id(t))
         .into_iter()
         .collect();
-    let decode = |ids: &[u32], skip| tok.decode(ids, skip).map_err(|e| format!("decoding: {e}"));
+    let decode = |ids: &[u32], skip| {
+        tok.decode(ids, skip)
+            .map_err(|e| AlignError::Judge(format!("decoding: {e}")))
+    };
     let mut out = Vec::new();
     for (index, pair) in pairs
         .iter()
@@ -240,8 +243,11 @@ pub fn generate_and_judge<B: Backend>(
 }
 
 /// Writes one JSON line per judged response to `path` (through a temporary file and a rename).
-pub fn write_jsonl(path: &std::path::Path, judged: &[Judged]) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+pub fn write_jsonl(path: &std::path::Path, judged: &[Judged]) -> Result<()> {
+    let err = |cause: std::io::Error| AlignError::Io {
+        path: path.into(),
+        cause,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }

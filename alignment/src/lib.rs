@@ -2,6 +2,7 @@
 //! decorrelation regularizer (arXiv 2406.17969), over any burn backend.
 
 pub mod config;
+pub mod error;
 pub mod evaluate;
 pub mod judge;
 pub mod loss;
@@ -10,4 +11,5 @@ pub mod objective;
 pub mod train;
 
 pub use config::{LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer};
+pub use error::{AlignError, Result};
 pub use objective::{StepOutput, objective};

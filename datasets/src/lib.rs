@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod default_job;
 pub mod error;
 pub mod pair;
 pub mod read;

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // shared by `analyze` and `experiment`; each uses a part
 //! What `analyze` computes for one model and writes for several: FD/AV per layer, top tokens,
 //! JSON, CSV and plots. Also used by `experiment`.
 
@@ -15,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use plotters::prelude::SeriesLabelPosition;
 
-use crate::plots::{Labels, Series, line_chart};
-use crate::prep;
+use super::plots::{Labels, Series, line_chart};
+use crate::run::DataConfig;
+use crate::run::data::{eos_id, prepare, resolve_model};
 
 /// FD and AV of one layer, with its relative depth l / (L − 1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,19 +115,21 @@ pub fn analyze_loaded<B: Backend>(
     Ok(out)
 }
 
-/// Loads the model at `path`, tokenizes the prompts of `data` with its tokenizer and measures it.
+/// Loads the model at `path`, tokenizes the prompts of `data` with its tokenizer, splits them as
+/// a run with `seed` does, and measures it.
 #[allow(clippy::too_many_arguments)]
 pub fn analyze_model<B: Backend>(
     path: &Path,
     name: Option<String>,
-    data: &prep::DataConfig,
+    data: &DataConfig,
+    seed: u64,
     all_prompts: bool,
     n: usize,
     layers: impl Fn(usize) -> anyhow::Result<Vec<usize>>,
     top_k: usize,
     device: &B::Device,
 ) -> anyhow::Result<ModelAnalysis> {
-    let resolved = prep::resolve_model(path);
+    let resolved = resolve_model(path);
     let p = load_pretrained::<B>(&resolved, device)
         .with_context(|| format!("loading {}", resolved.display()))?;
     let tok = p
@@ -138,8 +140,8 @@ pub fn analyze_model<B: Backend>(
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string())
     });
-    let eos = prep::eos_id(&tok, &name)?;
-    let prepared = prep::prepare(data, &tok, eos, 42)?;
+    let eos = eos_id(&tok, &name)?;
+    let prepared = prepare(data, &tok, eos, seed)?;
     eprint!("{}", prepared.summary);
     let source = if all_prompts {
         prepared.train.into_iter().chain(prepared.eval).collect()

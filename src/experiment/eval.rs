@@ -11,9 +11,10 @@ use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::measures::{ModelAnalysis, analyze_loaded};
 use crate::backend::Backend;
-use crate::job::{MEASURE_PROMPTS, RunConfig, Summary};
-use crate::measures::{ModelAnalysis, analyze_loaded};
+use crate::run::RunConfig;
+use crate::run::job::{MEASURE_PROMPTS, Summary};
 
 /// How the generation eval runs.
 pub struct GenerationSettings {
@@ -118,7 +119,7 @@ pub fn evaluate_method(
                 Some((m, t)) => (m, t),
                 None => (base, tok),
             };
-            let judge = Judge::new(jm, jt, device).map_err(anyhow::Error::msg)?;
+            let judge = Judge::new(jm, jt, device)?;
             let sampling = SamplingConfig {
                 temperature: generation_settings.temperature,
                 top_p: 1.0,
@@ -135,10 +136,9 @@ pub fn evaluate_method(
                 &judge,
                 device,
                 |_| {},
-            )
-            .map_err(anyhow::Error::msg)?;
+            )?;
             let file = c.out.join("generations.jsonl");
-            write_jsonl(&file, &judged).map_err(anyhow::Error::msg)?;
+            write_jsonl(&file, &judged)?;
             let (yes_rate, mean_p_yes) = yes_rate(&judged);
             Some(GenerationResult {
                 prompts: judged.len(),
@@ -152,8 +152,8 @@ pub fn evaluate_method(
     };
     eprintln!(
         "{name}: reward accuracy {:.3}, margin {:.4}{}",
-        eval.reward_accuracy,
-        eval.mean_margin,
+        eval.rewards_accuracies,
+        eval.rewards_margins,
         generation
             .as_ref()
             .map(|g| format!(", judged YES {}/{}", g.yes, g.prompts))

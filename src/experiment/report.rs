@@ -8,9 +8,9 @@ use anyhow::Context;
 use plotters::prelude::SeriesLabelPosition;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::MethodResult;
-use crate::measures::{ModelAnalysis, RunCurve, write_outputs};
-use crate::plots::{Labels, Series, line_chart};
+use super::eval::MethodResult;
+use crate::analysis::measures::{ModelAnalysis, RunCurve, write_outputs};
+use crate::analysis::plots::{Labels, Series, line_chart};
 
 #[derive(Serialize, Deserialize)]
 pub struct Settings {
@@ -86,7 +86,7 @@ fn fd_at(a: &ModelAnalysis, layer: usize) -> f64 {
         .map_or(f64::NAN, |l| l.fd)
 }
 
-fn mean_of(a: &ModelAnalysis, f: fn(&crate::measures::LayerRow) -> f64) -> f64 {
+fn mean_of(a: &ModelAnalysis, f: fn(&crate::analysis::measures::LayerRow) -> f64) -> f64 {
     a.layers.iter().map(f).sum::<f64>() / a.layers.len().max(1) as f64
 }
 
@@ -274,9 +274,9 @@ fn markdown(
             label(method),
             cell(&judge, 100.0, 1),
             cell(&p_yes, 1.0, 3),
-            cell(&col(&|r| r.eval.reward_accuracy), 100.0, 1),
-            cell(&col(&|r| r.eval.mean_margin), 1.0, 4),
-            cell(&col(&|r| r.eval.mean_loss), 1.0, 4),
+            cell(&col(&|r| r.eval.rewards_accuracies), 100.0, 1),
+            cell(&col(&|r| r.eval.rewards_margins), 1.0, 4),
+            cell(&col(&|r| r.eval.loss_preference), 1.0, 4),
             cell(&col(&|r| fd_at(&r.analysis, s.layer)), 1.0, 4),
             cell(&col(&|r| mean_of(&r.analysis, |l| l.fd)), 1.0, 4),
             cell(
@@ -370,8 +370,8 @@ fn markdown(
             w,
             "- **DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
              margins; FD higher at the regularized layer). Here: {}; {}; {}{}.",
-            cmp("reward margin", &|r| r.eval.mean_margin, 4),
-            cmp("reward accuracy", &|r| r.eval.reward_accuracy, 3),
+            cmp("reward margin", &|r| r.eval.rewards_margins, 4),
+            cmp("reward accuracy", &|r| r.eval.rewards_accuracies, 3),
             cmp(
                 &format!("FD at layer {}", s.layer),
                 &|r| fd_at(&r.analysis, s.layer),

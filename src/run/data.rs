@@ -6,112 +6,16 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use decpo_datasets::cache;
 use decpo_datasets::{
-    ColumnMap, LengthStats, SplitRule, Task, TokenizeConfig, TokenizeReport, TokenizedPair,
-    load_pairs, split, tokenize_pairs,
+    LengthStats, SplitRule, Task, TokenizeConfig, TokenizeReport, TokenizedPair, load_pairs, split,
+    tokenize_pairs,
 };
 use decpo_model::LlamaTokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum SplitKind {
-    /// The authors' rule: the first part of each file trains, the rest evaluates.
-    FileOrder,
-    /// A seeded shuffle of each file before the same cut.
-    Shuffle,
-}
-
-/// The `[data]` table of the configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataConfig {
-    /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, ...
-    pub task: String,
-    /// Preference files; each is split on its own.
-    pub files: Vec<PathBuf>,
-    /// Evaluation files; when given, all of `files` trains.
-    pub eval_files: Vec<PathBuf>,
-    pub prompt_column: String,
-    pub chosen_column: String,
-    pub rejected_column: String,
-    /// Skip and count invalid rows instead of stopping at the first.
-    pub skip_invalid: bool,
-    pub max_prompt_length: usize,
-    pub max_length: usize,
-    pub split: SplitKind,
-    pub eval_fraction: f64,
-    /// Where tokenized data is cached (default: ~/.cache/decpo).
-    pub cache_dir: Option<PathBuf>,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            task: "trl".into(),
-            files: Vec::new(),
-            eval_files: Vec::new(),
-            prompt_column: "prompt".into(),
-            chosen_column: "chosen".into(),
-            rejected_column: "rejected".into(),
-            skip_invalid: false,
-            max_prompt_length: 128,
-            max_length: 256,
-            split: SplitKind::FileOrder,
-            eval_fraction: 0.1,
-            cache_dir: None,
-        }
-    }
-}
-
-impl DataConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.files.is_empty() {
-            bail!("no data: give --data (or [data] files) and --task");
-        }
-        if !(0.0..1.0).contains(&self.eval_fraction) {
-            bail!(
-                "eval_fraction must be in [0, 1), got {}",
-                self.eval_fraction
-            );
-        }
-        if self.max_prompt_length == 0 || self.max_length < 2 {
-            bail!("max_prompt_length must be >= 1 and max_length >= 2");
-        }
-        Ok(())
-    }
-
-    fn task(&self) -> anyhow::Result<Task> {
-        let mut task = Task::from_name(&self.task).with_context(|| {
-            format!(
-                "unknown task `{}` (one of: {})",
-                self.task,
-                Task::NAMES.join(", ")
-            )
-        })?;
-        if let Task::Trl(map) = &mut task {
-            *map = ColumnMap {
-                prompt: self.prompt_column.clone(),
-                chosen: self.chosen_column.clone(),
-                rejected: self.rejected_column.clone(),
-            };
-        }
-        Ok(task)
-    }
-
-    fn cache_dir(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|| PathBuf::from(".cache"))
-                .join("decpo")
-        })
-    }
-}
+use super::config::{DataConfig, SplitKind};
 
 /// Everything read from one file.
 struct FileData {
@@ -314,7 +218,6 @@ pub fn prepare(
 
 /// A model path as the binaries take it: a GGUF file, a Hugging Face directory, or a `train` run
 /// directory, which stands for the model it exported (`<run>/model`).
-#[allow(dead_code)] // not used by `train` itself
 pub fn resolve_model(path: &Path) -> PathBuf {
     let exported = path.join("model");
     if path.join("summary.json").is_file() && exported.is_dir() {
@@ -322,4 +225,43 @@ pub fn resolve_model(path: &Path) -> PathBuf {
     } else {
         path.to_path_buf()
     }
+}
+
+/// The file of a run directory that lists the pairs it held out, one source (file and row) a line.
+pub const HELDOUT_FILE: &str = "heldout.txt";
+
+/// Writes the sources of `eval`, the held-out pairs of the run in `dir`.
+pub fn write_heldout(dir: &Path, eval: &[TokenizedPair]) -> anyhow::Result<()> {
+    let path = dir.join(HELDOUT_FILE);
+    let text: String = eval.iter().map(|p| format!("{}\n", p.source)).collect();
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Checks that `eval` are the pairs the run in `dir` held out, when it lists them: the same
+/// configuration must give the same split, so a difference means the data files changed.
+pub fn check_heldout(dir: &Path, eval: &[TokenizedPair]) -> anyhow::Result<()> {
+    let path = dir.join(HELDOUT_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let listed: Vec<&str> = text.lines().collect();
+    let now: Vec<&str> = eval.iter().map(|p| p.source.as_str()).collect();
+    if listed != now {
+        let first = listed
+            .iter()
+            .zip(&now)
+            .position(|(a, b)| a != b)
+            .unwrap_or(listed.len().min(now.len()));
+        anyhow::bail!(
+            "{}: the run held out {} pairs, its configuration now gives {} (first difference at \
+             pair {}: {:?} vs {:?}); have its data files changed?",
+            path.display(),
+            listed.len(),
+            now.len(),
+            first + 1,
+            listed.get(first),
+            now.get(first)
+        );
+    }
+    Ok(())
 }

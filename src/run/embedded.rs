@@ -7,14 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use decpo_alignment::train::session::TrainSettings;
+use decpo_datasets::default_job::{CONFIG, PAIRS, TOKENIZER, TOKENIZER_CONFIG};
 use decpo_model::{Llama, LlamaConfig, LlamaTokenizer};
 
-use crate::job::{RunConfig, SftPhase};
-
-const CONFIG: &str = include_str!("../../datasets/default/config.json");
-const TOKENIZER: &str = include_str!("../../datasets/default/tokenizer.json");
-const TOKENIZER_CONFIG: &str = include_str!("../../datasets/default/tokenizer_config.json");
-const PAIRS: &str = include_str!("../../datasets/default/pairs.jsonl");
+use super::config::{RunConfig, SftPhase};
 
 /// The default job's configuration (the regularizer is added once the depth is known).
 pub fn config() -> RunConfig {

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // shared by `train` and `experiment`; each uses a part
 //! One training job from its configuration: load the model, prepare the data, an optional SFT
 //! phase, preference optimisation, held-out evaluation and per-layer FD/AV before and after, the
 //! Hugging Face export and `summary.json`. Shared by `train` and `experiment`.
@@ -15,58 +14,12 @@ use decpo_alignment::train::session::{RunSpec, TrainSettings, evaluate, train};
 use decpo_alignment::train::step::{StepSettings, StepValues};
 use decpo_alignment::{LossType, ObjectiveConfig};
 use decpo_datasets::TokenizedPair;
-use decpo_model::{
-    Llama, LlamaTokenizer, LoraConfig, Precision, load_pretrained, save_hf_dir, save_lora_adapters,
-};
+use decpo_model::{Llama, LlamaTokenizer, load_pretrained, save_hf_dir, save_lora_adapters};
 use serde::{Deserialize, Serialize};
 
-use crate::{embedded, prep};
-
-/// An SFT phase on the chosen completions before preference optimisation (so the reference of a
-/// model that was never instruction-tuned is not random).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SftPhase {
-    pub steps: usize,
-    pub learning_rate: f64,
-}
-
-/// The whole configuration of a run: a TOML file, then flags on top.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
-    /// GGUF file or Hugging Face directory; absent = the embedded small Llama.
-    pub model: Option<PathBuf>,
-    /// Run directory: checkpoints, logs, the exported model.
-    pub out: PathBuf,
-    /// What the model computes in: `f32`, or `bf16` (CUDA, wgpu or flex backends; see
-    /// `decpo_model::precision` for what stays f32).
-    pub dtype: Precision,
-    pub data: prep::DataConfig,
-    pub sft: Option<SftPhase>,
-    pub objective: ObjectiveConfig,
-    /// LoRA adapters; absent = full fine-tuning.
-    pub lora: Option<LoraConfig>,
-    pub train: TrainSettings,
-}
-
-impl Default for RunConfig {
-    /// What a configuration file leaves unsaid: full fine-tuning (no `[lora]`), no SFT phase,
-    /// β 0.1, the `[train]` defaults. (A run on `--model` without `--config` adds the authors'
-    /// LoRA.)
-    fn default() -> Self {
-        Self {
-            model: None,
-            out: PathBuf::from("runs/decpo"),
-            dtype: Precision::F32,
-            data: prep::DataConfig::default(),
-            sft: None,
-            objective: ObjectiveConfig::default(),
-            lora: None,
-            train: TrainSettings::default(),
-        }
-    }
-}
+use super::config::RunConfig;
+use super::data::{eos_id, prepare, write_heldout};
+use super::embedded;
 
 /// The model of a job with its tokenizer and a name for logs and cache keys.
 pub struct Loaded<B: Backend> {
@@ -122,8 +75,8 @@ pub struct JobData {
 
 /// Reads, checks, tokenizes (cached) and splits the job's data.
 pub fn data(c: &RunConfig, tok: &LlamaTokenizer, model_name: &str) -> anyhow::Result<JobData> {
-    let eos = prep::eos_id(tok, model_name)?;
-    let prepared = prep::prepare(&c.data, tok, eos, c.train.seed)?;
+    let eos = eos_id(tok, model_name)?;
+    let prepared = prepare(&c.data, tok, eos, c.train.seed)?;
     Ok(JobData {
         train: pair_set(prepared.train, tok),
         eval: pair_set(prepared.eval, tok),
@@ -174,9 +127,7 @@ pub struct Summary {
 pub struct JobOutput<B: Backend> {
     pub summary: Summary,
     /// The policy before preference optimisation (after SFT, if any) and after (LoRA merged).
-    #[allow(dead_code)] // read by `experiment`
     pub initial: Llama<B>,
-    #[allow(dead_code)]
     pub trained: Llama<B>,
     pub resumed_from: Option<usize>,
 }
@@ -201,10 +152,8 @@ pub fn run<B: AutodiffBackend>(
         eval: eval_set,
         ..
     } = data;
-    std::fs::create_dir_all(&c.out).with_context(|| format!("{}", c.out.display()))?;
-    let config_path = c.out.join("config.toml");
-    std::fs::write(&config_path, toml::to_string(c)?)
-        .with_context(|| format!("writing {}", config_path.display()))?;
+    c.save()?;
+    write_heldout(&c.out, &eval_set.pairs)?;
     // Phase 1 (optional): SFT on the chosen completions, full weights or adapters merged after.
     let mut policy = model;
     if let Some(sft) = &c.sft {
@@ -236,8 +185,7 @@ pub fn run<B: AutodiffBackend>(
                 model_key: &format!("{model_name} {} sft", c.dtype),
             },
             devices,
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         policy = Llama::from_inner(result.policy.merge_lora());
     }
 
@@ -279,8 +227,7 @@ pub fn run<B: AutodiffBackend>(
             model_key: &key,
         },
         devices,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let trained = result.policy;
     let eval_after = evaluate(
         &trained,

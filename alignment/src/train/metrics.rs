@@ -40,8 +40,8 @@ impl ValueMetric {
     pub fn all(training: bool) -> Vec<Self> {
         let mut m = vec![
             Self::new("loss", false, |v| Some(v.loss)),
-            Self::new("loss/dpo", false, |v| Some(v.loss_pref)),
-            Self::new("loss/dec", false, |v| Some(v.loss_reg)),
+            Self::new("loss/preference", false, |v| Some(v.loss_pref)),
+            Self::new("loss/regularizer", false, |v| Some(v.loss_reg)),
             Self::new("rewards/chosen", true, |v| Some(v.rewards_chosen)),
             Self::new("rewards/rejected", false, |v| Some(v.rewards_rejected)),
             Self::new("rewards/margins", true, |v| Some(v.rewards_margins)),

@@ -16,6 +16,7 @@ use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
+use crate::error::{AlignError, Result};
 use crate::train::run::AtomicRecorder;
 use crate::train::schedule::WarmupSchedule;
 use crate::train::step::DecpoModel;
@@ -83,11 +84,13 @@ pub fn restore<B: AutodiffBackend>(
     optim: Adam<B>,
     schedule: WarmupSchedule,
     device: &B::Device,
-) -> Result<(DecpoModel<B>, Adam<B>, WarmupSchedule), String> {
+) -> Result<(DecpoModel<B>, Adam<B>, WarmupSchedule)> {
     let recorder = AtomicRecorder::default();
     let file = |part: &str| dir.join(format!("{part}-{k}"));
-    let failed =
-        |part: &str, e: burn::record::RecorderError| format!("{}.mpk: {e}", file(part).display());
+    let failed = |part: &str, e: burn::record::RecorderError| AlignError::File {
+        path: file(part).with_extension("mpk"),
+        message: e.to_string(),
+    };
     let mut types = Types(Vec::new());
     model.visit(&mut types);
     let record =

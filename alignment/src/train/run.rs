@@ -223,7 +223,7 @@ pub fn describe(v: &StepValues) -> String {
         v.loss, v.rewards_accuracies, v.rewards_margins, v.logps_chosen, v.logps_rejected
     );
     if let Some(fd) = v.fd {
-        s += &format!(" | loss/dec {:.4} | fd {:.4}", v.loss_reg, fd);
+        s += &format!(" | loss/regularizer {:.4} | fd {:.4}", v.loss_reg, fd);
     }
     if let Some(g) = v.grad_norm {
         s += &format!(" | grad_norm {g:.3}");

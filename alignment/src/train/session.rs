@@ -18,6 +18,7 @@ use decpo_model::{Llama, LoraConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LossType, ObjectiveConfig};
+use crate::error::{AlignError, Result, io_err};
 use crate::train::data::{PairReference, PairSet, StepLoader, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
 use crate::train::restore::restore;
@@ -99,7 +100,7 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         let positive = [
             ("micro_batch", self.micro_batch),
             ("accumulation", self.accumulation),
@@ -109,19 +110,28 @@ impl TrainSettings {
             ("logits_chunk", self.logits_chunk),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("train.{name} must be at least 1"));
+            return Err(AlignError::setting(
+                &format!("train.{name}"),
+                "must be at least 1",
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!(
-                "train.learning_rate must be positive, got {}",
-                self.learning_rate
+            return Err(AlignError::setting(
+                "train.learning_rate",
+                format!("must be positive, got {}", self.learning_rate),
             ));
         }
         if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
-            return Err("train.adam_beta1 and adam_beta2 must be in [0, 1)".into());
+            return Err(AlignError::setting(
+                "train.adam_beta1, train.adam_beta2",
+                "must be in [0, 1)",
+            ));
         }
         if self.max_grad_norm.is_some_and(|m| m.is_nan() || m <= 0.0) {
-            return Err("train.max_grad_norm must be positive".into());
+            return Err(AlignError::setting(
+                "train.max_grad_norm",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -217,7 +227,7 @@ fn cached_reference(
     path: &Path,
     n: usize,
     compute: impl FnOnce() -> Vec<PairReference>,
-) -> Result<Vec<PairReference>, String> {
+) -> Result<Vec<PairReference>> {
     if let Ok(text) = std::fs::read_to_string(path)
         && let Ok(v) = serde_json::from_str::<Vec<PairReference>>(&text)
         && v.len() == n
@@ -229,7 +239,7 @@ fn cached_reference(
     let text = serde_json::to_string(&v).expect("references serialise");
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(io_err(path))?;
     Ok(v)
 }
 
@@ -263,21 +273,22 @@ pub fn train<B: AutodiffBackend>(
     mut eval_set: PairSet,
     spec: &RunSpec,
     devices: &[B::Device],
-) -> Result<TrainResult<B::InnerBackend>, String> {
+) -> Result<TrainResult<B::InnerBackend>> {
     let Some(device) = devices.first() else {
-        return Err("no device to train on".into());
+        return Err(AlignError::Empty("no device to train on".into()));
     };
     let s = spec.train;
     s.validate()?;
     spec.objective.validate(policy.config.num_hidden_layers)?;
     if train_set.pairs.is_empty() {
-        return Err("no training pairs".into());
+        return Err(AlignError::Empty("no training pairs".into()));
     }
-    std::fs::create_dir_all(spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+    std::fs::create_dir_all(spec.dir).map_err(io_err(spec.dir))?;
 
     let policy = match spec.lora {
         Some(c) => {
-            c.validate(policy.config.num_hidden_layers)?;
+            c.validate(policy.config.num_hidden_layers)
+                .map_err(|m| AlignError::setting("lora", m))?;
             policy.with_lora(c)
         }
         // Full fine-tuning: every weight trains, kept in f32 when the model computes in bf16.
@@ -305,7 +316,10 @@ pub fn train<B: AutodiffBackend>(
         }
         (true, ReferenceMode::LoraOff) => {
             if spec.lora.is_none() {
-                return Err("reference = \"lora-off\" needs LoRA adapters ([lora])".into());
+                return Err(AlignError::setting(
+                    "train.reference",
+                    "\"lora-off\" needs LoRA adapters ([lora])",
+                ));
             }
         }
     }
@@ -417,7 +431,7 @@ pub fn train<B: AutodiffBackend>(
     drop(result.renderer);
     let report = std::mem::take(&mut *report.lock().expect("report lock"));
     if let Some(failure) = &report.failure {
-        return Err(failure.clone());
+        return Err(AlignError::Stopped(failure.clone()));
     }
     Ok(TrainResult {
         policy: result.model.policy,

@@ -69,9 +69,11 @@ impl<B: Backend> StepInput<B> {
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct StepValues {
     pub loss: f64,
-    #[serde(rename = "loss/dpo")]
+    /// The preference term (DPO, IPO, hinge, SimPO or SFT).
+    #[serde(rename = "loss/preference", alias = "loss/dpo")]
     pub loss_pref: f64,
-    #[serde(rename = "loss/dec")]
+    /// The regularizer term before λ.
+    #[serde(rename = "loss/regularizer", alias = "loss/dec")]
     pub loss_reg: f64,
     #[serde(rename = "rewards/chosen")]
     pub rewards_chosen: f64,

@@ -1,0 +1,4 @@
+//! The paper's comparison: every method trained from one base model, evaluated side by side.
+
+pub mod eval;
+pub mod report;

@@ -1,0 +1,14 @@
+//! decpo: one run of DPO / DecPO from its configuration, and the measurements shared by the
+//! binaries. The binaries in `bin/` are thin front ends over this library:
+//!
+//! - [`run`]: the configuration of a run (saved as its `config.toml`), its data preparation, the
+//!   embedded default job and the job itself (SFT, then preference optimisation, evaluation,
+//!   export);
+//! - [`analysis`]: FD/AV per layer, top tokens, their files and plots (`analyze`, `experiment`);
+//! - [`experiment`]: the paper's comparison of methods and its report;
+//! - [`backend`]: the concrete burn backend picked by cargo feature.
+
+pub mod analysis;
+pub mod backend;
+pub mod experiment;
+pub mod run;

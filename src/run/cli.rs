@@ -1,0 +1,160 @@
+//! Command-line sections shared by the binaries, each the flags of one part of [`RunConfig`]
+//! named as its fields are (kebab-case): a flag given overrides the configuration's field, a flag
+//! left out keeps it.
+
+use std::path::{Path, PathBuf};
+
+use decpo_alignment::train::session::{ReferenceMode, TrainSettings};
+
+use super::config::{DataConfig, RunConfig, SplitKind};
+
+/// The `[data]` flags (and the split seed, `[train] seed`): `train`, `evaluate` and `analyze`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DataArgs {
+    /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, sycophancy-caa-full-text,
+    /// sycophancy-anthropic, toxicity-pairs.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Preference files (JSONL, JSON, CSV, Parquet, optionally gzipped); each is split on its own.
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Evaluation files; when given, all of --data trains.
+    #[arg(long, num_args = 1..)]
+    pub eval_data: Vec<PathBuf>,
+    #[arg(long)]
+    pub prompt_column: Option<String>,
+    #[arg(long)]
+    pub chosen_column: Option<String>,
+    #[arg(long)]
+    pub rejected_column: Option<String>,
+    /// Skip and count invalid rows instead of stopping at the first.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// file-order (the authors' first 90 % / last 10 % of each file) or shuffle (seeded).
+    #[arg(long, value_enum)]
+    pub split: Option<SplitKind>,
+    #[arg(long)]
+    pub eval_fraction: Option<f64>,
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// The run's seed: weights, data order, and the `shuffle` split.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl DataArgs {
+    /// Whether any flag changes which pairs are read or how they are split.
+    pub fn changes_pairs(&self) -> bool {
+        let Self {
+            task,
+            data,
+            eval_data,
+            prompt_column,
+            chosen_column,
+            rejected_column,
+            skip_invalid,
+            max_prompt_length,
+            max_length,
+            split,
+            eval_fraction,
+            cache_dir: _,
+            seed,
+        } = self;
+        task.is_some()
+            || !data.is_empty()
+            || !eval_data.is_empty()
+            || prompt_column.is_some()
+            || chosen_column.is_some()
+            || rejected_column.is_some()
+            || *skip_invalid
+            || max_prompt_length.is_some()
+            || max_length.is_some()
+            || split.is_some()
+            || eval_fraction.is_some()
+            || seed.is_some()
+    }
+
+    /// Sets the fields of `c` that a flag names.
+    pub fn apply(&self, c: &mut RunConfig) {
+        let d: &mut DataConfig = &mut c.data;
+        let set = |dst: &mut String, src: &Option<String>| {
+            if let Some(v) = src {
+                dst.clone_from(v);
+            }
+        };
+        set(&mut d.task, &self.task);
+        set(&mut d.prompt_column, &self.prompt_column);
+        set(&mut d.chosen_column, &self.chosen_column);
+        set(&mut d.rejected_column, &self.rejected_column);
+        if !self.data.is_empty() {
+            d.files.clone_from(&self.data);
+        }
+        if !self.eval_data.is_empty() {
+            d.eval_files.clone_from(&self.eval_data);
+        }
+        d.skip_invalid |= self.skip_invalid;
+        d.max_prompt_length = self.max_prompt_length.unwrap_or(d.max_prompt_length);
+        d.max_length = self.max_length.unwrap_or(d.max_length);
+        d.split = self.split.unwrap_or(d.split);
+        d.eval_fraction = self.eval_fraction.unwrap_or(d.eval_fraction);
+        if self.cache_dir.is_some() {
+            d.cache_dir.clone_from(&self.cache_dir);
+        }
+        c.train.seed = self.seed.unwrap_or(c.train.seed);
+    }
+}
+
+/// The configuration a model argument stands for: a `train` run directory's own
+/// (`config.toml`: its data, split and seed), else the defaults; then the data flags on top.
+pub fn config_of_model(model: &Path, flags: &DataArgs) -> anyhow::Result<RunConfig> {
+    let mut c = RunConfig::of_run(model)?.unwrap_or_default();
+    flags.apply(&mut c);
+    Ok(c)
+}
+
+/// The `[train]` flags shared by `train` and `experiment`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Optimizer steps at most (the same budget for every method of an experiment).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Pairs per micro-batch.
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    pub accumulation: Option<usize>,
+    /// Optimizer steps between evaluations and checkpoints.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// precomputed, frozen or lora-off.
+    #[arg(long, value_parser = parse_reference)]
+    pub reference: Option<ReferenceMode>,
+}
+
+fn parse_reference(s: &str) -> Result<ReferenceMode, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown value `{s}` (precomputed, frozen, lora-off)"))
+}
+
+impl TrainArgs {
+    /// Sets the fields of `c.train` that a flag names.
+    pub fn apply(&self, c: &mut RunConfig) {
+        let t: &mut TrainSettings = &mut c.train;
+        t.learning_rate = self.learning_rate.unwrap_or(t.learning_rate);
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.max_steps = self.max_steps.or(t.max_steps);
+        t.micro_batch = self.micro_batch.unwrap_or(t.micro_batch);
+        t.accumulation = self.accumulation.unwrap_or(t.accumulation);
+        t.save_every = self.save_every.unwrap_or(t.save_every);
+        t.reference = self.reference.unwrap_or(t.reference);
+    }
+}

@@ -1,0 +1,193 @@
+//! The configuration of a run: one tree (`[data]`, `[sft]`, `[objective]`, `[lora]`, `[train]`)
+//! with its defaults and validation, read from and saved as the run's `config.toml`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use decpo_alignment::ObjectiveConfig;
+use decpo_alignment::train::session::TrainSettings;
+use decpo_datasets::{ColumnMap, Task};
+use decpo_model::{LoraConfig, Precision};
+use serde::{Deserialize, Serialize};
+
+/// An SFT phase on the chosen completions before preference optimisation (so the reference of a
+/// model that was never instruction-tuned is not random).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftPhase {
+    pub steps: usize,
+    pub learning_rate: f64,
+}
+
+/// The whole configuration of a run: a TOML file, then flags on top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// GGUF file or Hugging Face directory; absent = the embedded small Llama.
+    pub model: Option<PathBuf>,
+    /// Run directory: checkpoints, logs, the exported model.
+    pub out: PathBuf,
+    /// What the model computes in: `f32`, or `bf16` (CUDA, wgpu or flex backends; see
+    /// `decpo_model::precision` for what stays f32).
+    pub dtype: Precision,
+    pub data: DataConfig,
+    pub sft: Option<SftPhase>,
+    pub objective: ObjectiveConfig,
+    /// LoRA adapters; absent = full fine-tuning.
+    pub lora: Option<LoraConfig>,
+    pub train: TrainSettings,
+}
+
+impl Default for RunConfig {
+    /// What a configuration file leaves unsaid: full fine-tuning (no `[lora]`), no SFT phase,
+    /// β 0.1, the `[train]` defaults. (A run on `--model` without `--config` adds the authors'
+    /// LoRA.)
+    fn default() -> Self {
+        Self {
+            model: None,
+            out: PathBuf::from("runs/decpo"),
+            dtype: Precision::F32,
+            data: DataConfig::default(),
+            sft: None,
+            objective: ObjectiveConfig::default(),
+            lora: None,
+            train: TrainSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitKind {
+    /// The authors' rule: the first part of each file trains, the rest evaluates.
+    FileOrder,
+    /// A seeded shuffle of each file before the same cut.
+    Shuffle,
+}
+
+/// The `[data]` table of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, ...
+    pub task: String,
+    /// Preference files; each is split on its own.
+    pub files: Vec<PathBuf>,
+    /// Evaluation files; when given, all of `files` trains.
+    pub eval_files: Vec<PathBuf>,
+    pub prompt_column: String,
+    pub chosen_column: String,
+    pub rejected_column: String,
+    /// Skip and count invalid rows instead of stopping at the first.
+    pub skip_invalid: bool,
+    pub max_prompt_length: usize,
+    pub max_length: usize,
+    pub split: SplitKind,
+    pub eval_fraction: f64,
+    /// Where tokenized data is cached (default: ~/.cache/decpo).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            task: "trl".into(),
+            files: Vec::new(),
+            eval_files: Vec::new(),
+            prompt_column: "prompt".into(),
+            chosen_column: "chosen".into(),
+            rejected_column: "rejected".into(),
+            skip_invalid: false,
+            max_prompt_length: 128,
+            max_length: 256,
+            split: SplitKind::FileOrder,
+            eval_fraction: 0.1,
+            cache_dir: None,
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.files.is_empty() {
+            bail!("no data: give --data (or [data] files) and --task");
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            bail!(
+                "eval_fraction must be in [0, 1), got {}",
+                self.eval_fraction
+            );
+        }
+        if self.max_prompt_length == 0 || self.max_length < 2 {
+            bail!("max_prompt_length must be >= 1 and max_length >= 2");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn task(&self) -> anyhow::Result<Task> {
+        let mut task = Task::from_name(&self.task).with_context(|| {
+            format!(
+                "unknown task `{}` (one of: {})",
+                self.task,
+                Task::NAMES.join(", ")
+            )
+        })?;
+        if let Task::Trl(map) = &mut task {
+            *map = ColumnMap {
+                prompt: self.prompt_column.clone(),
+                chosen: self.chosen_column.clone(),
+                rejected: self.rejected_column.clone(),
+            };
+        }
+        Ok(task)
+    }
+
+    pub(crate) fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"))
+                .join("decpo")
+        })
+    }
+}
+
+impl RunConfig {
+    /// The authors' setup (SPEC section 5) for a run on a model of one's own: LoRA r 8 / α 16 /
+    /// dropout 0.05 on q, v, up; the other defaults as a configuration file leaves them.
+    pub fn authors() -> Self {
+        Self {
+            lora: Some(LoraConfig::new()),
+            ..Self::default()
+        }
+    }
+
+    /// Reads a configuration file (TOML); fields it leaves out take their defaults.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// The configuration a run directory was trained with (its `config.toml`), if it is one.
+    pub fn of_run(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(CONFIG_FILE);
+        if !dir.is_dir() || !path.is_file() {
+            return Ok(None);
+        }
+        Self::read(&path).map(Some)
+    }
+
+    /// Writes the configuration as `<out>/config.toml`.
+    pub fn save(&self) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(&self.out).with_context(|| format!("{}", self.out.display()))?;
+        let path = self.out.join(CONFIG_FILE);
+        std::fs::write(&path, toml::to_string(self)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// The file of a run directory that holds its configuration.
+pub const CONFIG_FILE: &str = "config.toml";
