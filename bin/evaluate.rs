@@ -12,14 +12,16 @@
 //! data flags override it. Without `--reference` the policy is its own reference. Log-probs are summed over the completion
 //! tokens, the appended EOS included.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use decpo::run::RunConfig;
 use decpo_alignment::evaluate::{evaluate_pairs, summarize};
 use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
-use decpo_model::{Llama, SamplingConfig, load_pretrained};
+use decpo_datasets::TokenizedPair;
+use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
 
 use decpo::backend::{Backend, device};
 use decpo::run::cli::{DataArgs, config_of_model};
@@ -87,32 +89,25 @@ fn load(
     Ok((p.model, p.tokenizer))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if !matches!(args.pairs.as_str(), "eval" | "all") {
-        bail!("--pairs: `eval` or `all`, got `{}`", args.pairs);
-    }
-    let device = device();
-    let (policy, tok) = load(&args.policy)?;
-    let tok = tok.with_context(|| format!("{} has no tokenizer", args.policy.display()))?;
-    let reference = match &args.reference {
-        Some(r) => {
-            let (m, _) = load(r)?;
-            if m.config.vocab_size != policy.config.vocab_size {
-                bail!(
-                    "{} has a vocabulary of {} tokens, the policy {}: they cannot share token ids",
-                    r.display(),
-                    m.config.vocab_size,
-                    policy.config.vocab_size
-                );
-            }
-            Some(m)
-        }
-        None => None,
+/// The reference model (`--reference`), which must share the policy's token ids.
+fn load_reference(args: &Args, policy: &Llama<Backend>) -> anyhow::Result<Option<Llama<Backend>>> {
+    let Some(r) = &args.reference else {
+        return Ok(None);
     };
-    let run = config_of_model(&args.policy, &args.data)?;
-    let beta = args.beta.unwrap_or(run.objective.beta);
-    let n_layers = policy.config.num_hidden_layers;
+    let (m, _) = load(r)?;
+    if m.config.vocab_size != policy.config.vocab_size {
+        bail!(
+            "{} has a vocabulary of {} tokens, the policy {}: they cannot share token ids",
+            r.display(),
+            m.config.vocab_size,
+            policy.config.vocab_size
+        );
+    }
+    Ok(Some(m))
+}
+
+/// The objective whose loss and regularizer value are reported per pair.
+fn objective(args: &Args, run: &RunConfig, n_layers: usize) -> anyhow::Result<ObjectiveConfig> {
     let layer = args.dec_layer.unwrap_or(n_layers / 3);
     if layer >= n_layers {
         bail!("--dec-layer {layer}: the model has {n_layers} layers");
@@ -121,15 +116,18 @@ fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("--loss: unknown value `{}`", args.loss))?;
     let regularizer = Regularizer::named(&args.regularizer, layer)
         .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
-    let objective = ObjectiveConfig {
+    Ok(ObjectiveConfig {
         loss,
-        beta,
+        beta: args.beta.unwrap_or(run.objective.beta),
         regularizer,
         ..ObjectiveConfig::default()
-    };
+    })
+}
 
-    let eos = eos_id(&tok, &args.policy.display().to_string())?;
-    let prepared = prepare(&run.data, &tok, eos, run.train.seed)?;
+/// The pairs evaluated: the held-out part as the run (or the flags) split it, or all.
+fn pairs(args: &Args, run: &RunConfig, tok: &LlamaTokenizer) -> anyhow::Result<Vec<TokenizedPair>> {
+    let eos = eos_id(tok, &args.policy.display().to_string())?;
+    let prepared = prepare(&run.data, tok, eos, run.train.seed)?;
     eprint!("{}", prepared.summary);
     if !args.data.changes_pairs() {
         check_heldout(&args.policy, &prepared.eval)?;
@@ -149,6 +147,66 @@ fn main() -> anyhow::Result<()> {
             args.n
         );
     }
+    Ok(pairs)
+}
+
+/// Generates from the first `--generate` prompts, has the judge answer each, writes every line to
+/// `--generations` and returns the summary.
+fn judged(
+    args: &Args,
+    judge_path: &Path,
+    task: &str,
+    policy: &Llama<Backend>,
+    tok: &LlamaTokenizer,
+    pairs: &[TokenizedPair],
+) -> anyhow::Result<serde_json::Value> {
+    let question = JudgeQuestion::for_task(task).with_context(|| {
+        format!(
+            "--judge: task `{task}` has no judge question (toxicity-pairs, hh-rlhf, \
+             cognitive-reframing, sycophancy-*)"
+        )
+    })?;
+    let (jm, jt) = load(judge_path)?;
+    let jt = jt.with_context(|| format!("{} has no tokenizer", judge_path.display()))?;
+    let judge = Judge::new(&jm, &jt, &device())?;
+    let sampling = SamplingConfig {
+        temperature: args.temperature,
+        top_p: 1.0,
+        seed: args.sampling_seed,
+    };
+    let judged = generate_and_judge(
+        policy,
+        tok,
+        pairs,
+        args.generate,
+        args.max_new_tokens,
+        &sampling,
+        question,
+        &judge,
+        &device(),
+        |j| eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes),
+    )?;
+    write_jsonl(&args.generations, &judged)?;
+    let (rate, p) = yes_rate(&judged);
+    Ok(serde_json::json!({
+        "prompts": judged.len(),
+        "yes_rate": rate,
+        "mean_p_yes": p,
+        "file": args.generations,
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !matches!(args.pairs.as_str(), "eval" | "all") {
+        bail!("--pairs: `eval` or `all`, got `{}`", args.pairs);
+    }
+    let (policy, tok) = load(&args.policy)?;
+    let tok = tok.with_context(|| format!("{} has no tokenizer", args.policy.display()))?;
+    let reference = load_reference(&args, &policy)?;
+    let run = config_of_model(&args.policy, &args.data)?;
+    let objective = objective(&args, &run, policy.config.num_hidden_layers)?;
+    let pairs = pairs(&args, &run, &tok)?;
     let evals = evaluate_pairs(
         &policy,
         reference.as_ref(),
@@ -156,44 +214,13 @@ fn main() -> anyhow::Result<()> {
         tok.pad_id(),
         &objective,
         64,
-        &device,
+        &device(),
     );
     let summary = summarize(&evals);
-
-    let mut generation = None;
-    if let Some(judge_path) = &args.judge {
-        let question = JudgeQuestion::for_task(&run.data.task).with_context(|| {
-            format!("--judge: task `{}` has no judge question (toxicity-pairs, hh-rlhf, cognitive-reframing, sycophancy-*)", run.data.task)
-        })?;
-        let (jm, jt) = load(judge_path)?;
-        let jt = jt.with_context(|| format!("{} has no tokenizer", judge_path.display()))?;
-        let judge = Judge::new(&jm, &jt, &device)?;
-        let sampling = SamplingConfig {
-            temperature: args.temperature,
-            top_p: 1.0,
-            seed: args.sampling_seed,
-        };
-        let judged = generate_and_judge(
-            &policy,
-            &tok,
-            &pairs,
-            args.generate,
-            args.max_new_tokens,
-            &sampling,
-            question,
-            &judge,
-            &device,
-            |j| eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes),
-        )?;
-        write_jsonl(&args.generations, &judged)?;
-        let (rate, p) = yes_rate(&judged);
-        generation = Some(serde_json::json!({
-            "prompts": judged.len(),
-            "yes_rate": rate,
-            "mean_p_yes": p,
-            "file": args.generations,
-        }));
-    }
+    let generation = match &args.judge {
+        Some(j) => Some(judged(&args, j, &run.data.task, &policy, &tok, &pairs)?),
+        None => None,
+    };
 
     if args.json {
         let mut v = serde_json::json!({ "pairs": evals, "summary": summary });
@@ -203,11 +230,15 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{} held-out pairs, β {beta}, means:", summary.pairs);
+    println!(
+        "{} held-out pairs, β {}, means:",
+        summary.pairs, objective.beta
+    );
     println!("  rewards/accuracies  {:.3}", summary.rewards_accuracies);
     println!("  rewards/margins     {:.4}", summary.rewards_margins);
     println!("  loss/preference     {:.4}", summary.loss_preference);
     if let Some(r) = summary.loss_regularizer {
+        let layer = objective.regularizer.map_or(0, |g| g.layer());
         println!("  loss/regularizer    {r:.4} (layer {layer}, before λ)");
     }
     println!("  logps/chosen        {:.2}", summary.logps_chosen);

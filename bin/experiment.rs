@@ -14,11 +14,13 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 
-use decpo::backend::{self, Autodiff, device};
+use decpo::backend::{self, Autodiff, Backend, device};
 use decpo::experiment::eval::{GenerationSettings, MethodResult, evaluate_method};
 use decpo::experiment::report;
 use decpo::run::cli::{DataArgs, TrainArgs};
+use decpo::run::job::Launch;
 use decpo::run::{RunConfig, embedded, job};
+use decpo_model::Llama;
 
 /// The methods of the paper's Table 2.
 const METHODS: [&str; 5] = ["sft", "dpo", "simpo", "l1", "decpo"];
@@ -131,8 +133,8 @@ fn objective(method: &str, base: &ObjectiveConfig, args: &Args, layer: usize) ->
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// The methods of `--methods`, each one of [`METHODS`].
+fn methods(args: &Args) -> anyhow::Result<Vec<String>> {
     let methods: Vec<String> = list("methods", &args.methods)?;
     if let Some(bad) = methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
         bail!(
@@ -140,18 +142,107 @@ fn main() -> anyhow::Result<()> {
             METHODS.join(", ")
         );
     }
+    Ok(methods)
+}
+
+/// What every method's run shares.
+struct Shared<'a> {
+    config: &'a RunConfig,
+    loaded: &'a job::Loaded<Autodiff>,
+    data: &'a job::JobData,
+    base: &'a Llama<Backend>,
+    layer: usize,
+    generation: &'a GenerationSettings,
+}
+
+/// Trains `method` with `seed` from the base model and evaluates it against the base.
+fn train_and_evaluate(
+    sh: &Shared,
+    args: &Args,
+    method: &str,
+    seed: u64,
+) -> anyhow::Result<MethodResult> {
+    let device = device();
+    let mut c = sh.config.clone();
+    c.out = args.out.join(format!("runs/{method}-s{seed}"));
+    c.train.seed = seed;
+    c.objective = objective(method, &sh.config.objective, args, sh.layer);
+    eprintln!("== {method} (seed {seed}): training");
+    let loaded = job::Loaded {
+        model: sh.loaded.model.clone(),
+        tok: sh.loaded.tok.clone(),
+        name: sh.loaded.name.clone(),
+    };
+    let data = job::JobData {
+        train: sh.data.train.clone(),
+        eval: sh.data.eval.clone(),
+        summary: String::new(),
+    };
+    let launch = Launch {
+        resume: false,
+        dashboard: false,
+        devices: std::slice::from_ref(&device),
+    };
+    let out = job::run::<Autodiff>(&c, loaded, data, &launch)?;
+    eprintln!("== {method} (seed {seed}): evaluating");
+    evaluate_method(
+        method,
+        seed,
+        &out.trained,
+        sh.base,
+        &sh.loaded.tok,
+        &sh.data.eval,
+        &c,
+        sh.layer,
+        sh.generation,
+        Some(out.summary),
+        &device,
+    )
+}
+
+/// What the report says about how the experiment ran.
+#[allow(clippy::too_many_arguments)]
+fn settings(
+    args: &Args,
+    shared: &RunConfig,
+    data: &job::JobData,
+    model: &str,
+    layer: usize,
+    n_layers: usize,
+    seeds: Vec<u64>,
+    started: Instant,
+) -> anyhow::Result<report::Settings> {
+    Ok(report::Settings {
+        model: model.to_string(),
+        task: shared.data.task.clone(),
+        files: shared.data.files.clone(),
+        train_pairs: data.train.pairs.len(),
+        eval_pairs: data.eval.pairs.len(),
+        layer,
+        n_layers,
+        seeds,
+        config: toml::to_string(shared)?,
+        decpo_lambda: args.lambda.unwrap_or(1e-4),
+        l1_lambda: args.l1_lambda.unwrap_or(1e-4),
+        gen_prompts: args.gen_prompts,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        judge: args.judge.as_ref().map_or_else(
+            || format!("{model} (the base model)"),
+            |j| j.display().to_string(),
+        ),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        minutes: started.elapsed().as_secs_f64() / 60.0,
+        backend: backend::name().into(),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let methods = methods(&args)?;
     let seeds: Vec<u64> = list("seeds", &args.seeds)?;
     if args.report_only {
-        let path = args.out.join("results.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-        #[derive(serde::Deserialize)]
-        struct Saved {
-            settings: report::Settings,
-            results: Vec<MethodResult>,
-        }
-        let saved: Saved =
-            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        for f in report::write(&args.out, &saved.settings, &saved.results)? {
+        for f in report::rewrite(&args.out)? {
             println!("wrote {}", f.display());
         }
         return Ok(());
@@ -193,70 +284,29 @@ fn main() -> anyhow::Result<()> {
         None,
         &device,
     )?);
+    let shared_run = Shared {
+        config: &shared,
+        loaded: &loaded,
+        data: &data,
+        base: &base_model,
+        layer,
+        generation: &generation_settings,
+    };
     for &seed in &seeds {
         for method in &methods {
-            let mut c = shared.clone();
-            c.out = args.out.join(format!("runs/{method}-s{seed}"));
-            c.train.seed = seed;
-            c.objective = objective(method, &shared.objective, &args, layer);
-            eprintln!("== {method} (seed {seed}): training");
-            let run_loaded = job::Loaded {
-                model: loaded.model.clone(),
-                tok: loaded.tok.clone(),
-                name: loaded.name.clone(),
-            };
-            let run_data = job::JobData {
-                train: data.train.clone(),
-                eval: data.eval.clone(),
-                summary: String::new(),
-            };
-            let out = job::run::<Autodiff>(
-                &c,
-                run_loaded,
-                run_data,
-                false,
-                false,
-                std::slice::from_ref(&device),
-            )?;
-            eprintln!("== {method} (seed {seed}): evaluating");
-            results.push(evaluate_method(
-                method,
-                seed,
-                &out.trained,
-                &base_model,
-                &loaded.tok,
-                &data.eval,
-                &c,
-                layer,
-                &generation_settings,
-                Some(out.summary),
-                &device,
-            )?);
+            results.push(train_and_evaluate(&shared_run, &args, method, seed)?);
         }
     }
-    let settings = report::Settings {
-        model: loaded.name.clone(),
-        task: shared.data.task.clone(),
-        files: shared.data.files.clone(),
-        train_pairs: data.train.pairs.len(),
-        eval_pairs: data.eval.pairs.len(),
+    let settings = settings(
+        &args,
+        &shared,
+        &data,
+        &loaded.name,
         layer,
         n_layers,
         seeds,
-        config: toml::to_string(&shared)?,
-        decpo_lambda: args.lambda.unwrap_or(1e-4),
-        l1_lambda: args.l1_lambda.unwrap_or(1e-4),
-        gen_prompts: args.gen_prompts,
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        judge: args.judge.as_ref().map_or_else(
-            || format!("{} (the base model)", loaded.name),
-            |j| j.display().to_string(),
-        ),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        minutes: started.elapsed().as_secs_f64() / 60.0,
-        backend: backend::name().into(),
-    };
+        started,
+    )?;
     let files = report::write(&args.out, &settings, &results)?;
     for f in files {
         println!("wrote {}", f.display());

@@ -20,7 +20,7 @@ use decpo_model::Precision;
 
 use decpo::backend::{self, Autodiff, device};
 use decpo::run::cli::{DataArgs, TrainArgs};
-use decpo::run::job::{self, Summary};
+use decpo::run::job::{self, Launch, Summary};
 use decpo::run::{RunConfig, SftPhase, embedded};
 
 #[derive(Parser, Debug)]
@@ -172,7 +172,12 @@ fn run<B: AutodiffBackend>(
         return Ok(());
     }
     let dashboard = std::io::stdout().is_terminal();
-    let out = job::run::<B>(&c, loaded, data, args.resume, dashboard, devices)?;
+    let launch = Launch {
+        resume: args.resume,
+        dashboard,
+        devices,
+    };
+    let out = job::run::<B>(&c, loaded, data, &launch)?;
     print_summary(&out.summary, out.resumed_from, &c.out.join("summary.json"));
     Ok(())
 }

@@ -239,13 +239,22 @@ pub fn write_outputs(
     runs: &[RunCurve],
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let mut files = Vec::new();
     let json = out.join("analysis.json");
     let doc = serde_json::json!({ "models": analyses, "runs": runs });
     std::fs::write(&json, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("{}", json.display()))?;
-    files.push(json);
+    let mut files = vec![json];
+    files.extend(write_csv(out, analyses)?);
+    files.extend(depth_plots(out, analyses)?);
+    if !runs.is_empty() {
+        files.extend(fd_steps_plot(out, runs)?);
+    }
+    Ok(files)
+}
 
+/// layers.csv (FD/AV per model and layer) and top_tokens.csv.
+fn write_csv(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let path = out.join("layers.csv");
     let mut w = csv::Writer::from_path(&path).map_err(csv_err(&path))?;
     w.write_record(["model", "layer", "relative_depth", "fd", "av"])
@@ -299,7 +308,12 @@ pub fn write_outputs(
     }
     w.flush()?;
     files.push(path);
+    Ok(files)
+}
 
+/// FD and AV per relative depth, one line per model; AV differences against the first model.
+fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let by_depth = |f: fn(&LayerRow) -> f64| -> Vec<Series> {
         analyses
             .iter()
@@ -363,35 +377,37 @@ pub fn write_outputs(
             true,
         )?);
     }
-    if !runs.is_empty() {
-        // Colours as the models' when runs follow the models after a base (as in `experiment`).
-        let series: Vec<Series> = runs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Series {
-                color: i + 1,
-                name: format!("{} (layer {})", r.name, r.dec_layer),
-                points: r
-                    .points
-                    .iter()
-                    .filter_map(|p| {
-                        let l = p.layers.iter().find(|l| l.layer == r.dec_layer)?;
-                        Some((p.step as f64, l.fd))
-                    })
-                    .collect(),
-            })
-            .collect();
-        files.extend(line_chart(
-            &out.join("fd_steps"),
-            &Labels {
-                title: "FD of the regularized layer during training (held-out prompts)",
-                x: "optimizer step",
-                y: "FD",
-                legend: SeriesLabelPosition::LowerLeft,
-            },
-            &series,
-            false,
-        )?);
-    }
     Ok(files)
+}
+
+/// FD of each run's regularized layer over its training steps.
+fn fd_steps_plot(out: &Path, runs: &[RunCurve]) -> anyhow::Result<Vec<PathBuf>> {
+    // Colours as the models' when runs follow the models after a base (as in `experiment`).
+    let series: Vec<Series> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Series {
+            color: i + 1,
+            name: format!("{} (layer {})", r.name, r.dec_layer),
+            points: r
+                .points
+                .iter()
+                .filter_map(|p| {
+                    let l = p.layers.iter().find(|l| l.layer == r.dec_layer)?;
+                    Some((p.step as f64, l.fd))
+                })
+                .collect(),
+        })
+        .collect();
+    line_chart(
+        &out.join("fd_steps"),
+        &Labels {
+            title: "FD of the regularized layer during training (held-out prompts)",
+            x: "optimizer step",
+            y: "FD",
+            legend: SeriesLabelPosition::LowerLeft,
+        },
+        &series,
+        false,
+    )
 }

@@ -102,7 +102,49 @@ pub fn evaluate_method(
         10,
         device,
     )?;
-    let generation = match generation_settings.question {
+    let generation = generate_and_judge_method(
+        model,
+        base,
+        tok,
+        eval_set,
+        c,
+        generation_settings,
+        seed,
+        device,
+    )?;
+    eprintln!(
+        "{name}: reward accuracy {:.3}, margin {:.4}{}",
+        eval.rewards_accuracies,
+        eval.rewards_margins,
+        generation
+            .as_ref()
+            .map(|g| format!(", judged YES {}/{}", g.yes, g.prompts))
+            .unwrap_or_default()
+    );
+    Ok(MethodResult {
+        method: method.to_string(),
+        seed,
+        eval,
+        analysis,
+        generation,
+        train,
+    })
+}
+
+/// Generation judged by a local model (the base model unless the settings name a judge), when
+/// the task has a judge question and prompts are asked for; every line in `generations.jsonl`.
+#[allow(clippy::too_many_arguments)]
+fn generate_and_judge_method(
+    model: &Llama<Backend>,
+    base: &Llama<Backend>,
+    tok: &LlamaTokenizer,
+    eval_set: &PairSet,
+    c: &RunConfig,
+    generation_settings: &GenerationSettings,
+    seed: u64,
+    device: &<Backend as burn::tensor::backend::BackendTypes>::Device,
+) -> anyhow::Result<Option<GenerationResult>> {
+    Ok(match generation_settings.question {
         Some(q) if generation_settings.prompts > 0 => {
             let judge = match &generation_settings.judge {
                 Some(path) => {
@@ -149,22 +191,5 @@ pub fn evaluate_method(
             })
         }
         _ => None,
-    };
-    eprintln!(
-        "{name}: reward accuracy {:.3}, margin {:.4}{}",
-        eval.rewards_accuracies,
-        eval.rewards_margins,
-        generation
-            .as_ref()
-            .map(|g| format!(", judged YES {}/{}", g.yes, g.prompts))
-            .unwrap_or_default()
-    );
-    Ok(MethodResult {
-        method: method.to_string(),
-        seed,
-        eval,
-        analysis,
-        generation,
-        train,
     })
 }

@@ -1,16 +1,19 @@
 //! The experiment's report: Markdown with the paper's Table 2 layout (methods × metrics, mean ±
 //! std over seeds), the reward-margin curves (Fig. 6), FD/AV figures (Figs. 3-5), and JSON.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use plotters::prelude::SeriesLabelPosition;
 use serde::{Deserialize, Serialize};
 
-use super::eval::MethodResult;
+use decpo_alignment::measure::LayerMeasure;
+use decpo_alignment::train::step::StepValues;
+
+use super::eval::{GenerationResult, MethodResult};
 use crate::analysis::measures::{ModelAnalysis, RunCurve, write_outputs};
 use crate::analysis::plots::{Labels, Series, line_chart};
+use crate::run::job::Summary;
 
 #[derive(Serialize, Deserialize)]
 pub struct Settings {
@@ -111,6 +114,20 @@ fn mean_metric(rs: &[&MethodResult], f: impl Fn(&MethodResult) -> f64) -> f64 {
     rs.iter().map(|r| f(r)).sum::<f64>() / rs.len().max(1) as f64
 }
 
+/// Rewrites the report of `out` from its `results.json` (no training).
+pub fn rewrite(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    #[derive(Deserialize)]
+    struct Saved {
+        settings: Settings,
+        results: Vec<MethodResult>,
+    }
+    let path = out.join("results.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let saved: Saved =
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    write(out, &saved.settings, &saved.results)
+}
+
 /// Writes report.md, results.json, the analysis files and every plot into `out`.
 pub fn write(out: &Path, s: &Settings, results: &[MethodResult]) -> anyhow::Result<Vec<PathBuf>> {
     let groups = by_method(results);
@@ -136,6 +153,27 @@ pub fn write(out: &Path, s: &Settings, results: &[MethodResult]) -> anyhow::Resu
         .collect();
     let mut files = write_outputs(out, &analyses, &curves)?;
 
+    files.extend(method_figures(out, &firsts)?);
+
+    let json = out.join("results.json");
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&serde_json::json!({ "settings": s, "results": results }))?,
+    )
+    .with_context(|| format!("{}", json.display()))?;
+    files.push(json);
+
+    let md = out.join("report.md");
+    std::fs::write(&md, markdown(s, &groups, &firsts)?)
+        .with_context(|| format!("{}", md.display()))?;
+    files.push(md);
+    Ok(files)
+}
+
+/// Fig. 5 (AV(DecPO) − AV(DPO) per relative depth) and Fig. 6 (held-out reward margins during
+/// training), from each method's first seed.
+fn method_figures(out: &Path, firsts: &[&MethodResult]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // Fig. 5: AV(DecPO) − AV(DPO) per relative depth.
     let find = |m: &str| firsts.iter().find(|r| r.method == m);
     if let (Some(dec), Some(dpo)) = (find("decpo"), find("dpo")) {
@@ -195,85 +233,79 @@ pub fn write(out: &Path, s: &Settings, results: &[MethodResult]) -> anyhow::Resu
             true,
         )?);
     }
-
-    let json = out.join("results.json");
-    std::fs::write(
-        &json,
-        serde_json::to_string_pretty(&serde_json::json!({ "settings": s, "results": results }))?,
-    )
-    .with_context(|| format!("{}", json.display()))?;
-    files.push(json);
-
-    let md = out.join("report.md");
-    std::fs::write(&md, markdown(s, &groups, &firsts)?)
-        .with_context(|| format!("{}", md.display()))?;
-    files.push(md);
     Ok(files)
 }
 
+const TEMPLATE: &str = include_str!("report.md.j2");
+
+const FIGURES: [(&str, &str); 6] = [
+    (
+        "margins.png",
+        "Held-out reward margin during training (Fig. 6 of the paper); lines that coincide hide each other.",
+    ),
+    (
+        "fd_steps.png",
+        "FD of the regularized layer on held-out probe prompts during training (Fig. 4).",
+    ),
+    (
+        "fd_depth.png",
+        "FD per relative depth after training, one line per method (Fig. 3).",
+    ),
+    (
+        "av_decpo_minus_dpo.png",
+        "AV(DecPO) − AV(DPO) per relative depth (Fig. 5).",
+    ),
+    (
+        "av_diff_depth.png",
+        "AV of each method minus the base model's.",
+    ),
+    ("av_depth.png", "AV per relative depth."),
+];
+
+/// The report's Markdown: `report.md.j2` filled with the table, the claims and the settings.
 fn markdown(
     s: &Settings,
     groups: &[(&str, Vec<&MethodResult>)],
     firsts: &[&MethodResult],
-) -> Result<String, std::fmt::Error> {
-    let mut m = String::new();
-    let w = &mut m;
-    writeln!(w, "# DecPO vs. baselines: {} on {}\n", s.model, s.task)?;
-    writeln!(
-        w,
-        "Made by `{}` in {:.1} minutes on the {} backend. Every method starts from the same \
-         base weights, trains on the same {} pairs with the same seeds ({}) and budget, and is \
-         evaluated on the same {} held-out pairs.\n",
-        s.command,
-        s.minutes,
-        s.backend,
-        s.train_pairs,
-        s.seeds
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        s.eval_pairs
-    )?;
-    writeln!(w, "## Table 2 layout: methods × metrics\n")?;
-    writeln!(
-        w,
-        "Mean ± std over seeds (one seed: no std). *Judge YES* is the share of generated responses \
-         the judge accepted ({} held-out prompts, up to {} new tokens, {}); reward accuracy and \
-         margin are DPO's (β as trained) against the base model on the held-out pairs; FD and AV \
-         are measured on the held-out prompts at the last prompt token; layer {} is the \
-         regularized layer of L1-Reg and DecPO.\n",
-        s.gen_prompts,
-        s.max_new_tokens,
-        if s.temperature == 0.0 {
+) -> anyhow::Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_keep_trailing_newline(true);
+    env.add_template("report.md", TEMPLATE)?;
+    let join = |v: Vec<String>, sep: &str| v.join(sep);
+    let text = env.get_template("report.md")?.render(minijinja::context! {
+        s,
+        minutes => format!("{:.1}", s.minutes),
+        seeds => join(s.seeds.iter().map(u64::to_string).collect(), ", "),
+        decoding => if s.temperature == 0.0 {
             "greedy".to_string()
         } else {
             format!("temperature {}", s.temperature)
         },
-        s.layer
-    )?;
-    writeln!(
-        w,
-        "| method | judge YES % | judge mean p(YES) | reward acc. % | margin | eval DPO loss | FD layer {} | mean FD | AV layer {} |",
-        s.layer, s.layer
-    )?;
-    writeln!(w, "|---|---|---|---|---|---|---|---|---|")?;
+        rows => table_rows(s, groups),
+        claims => claims(s, groups),
+        figures => FIGURES,
+        top_tokens => top_token_rows(s, firsts),
+        files => join(s.files.iter().map(|f| format!("`{}`", f.display())).collect(), ", "),
+        decpo_lambda => s.decpo_lambda.to_string(),
+        l1_lambda => s.l1_lambda.to_string(),
+    })?;
+    Ok(text)
+}
+
+/// Table 2's cells, one row per method.
+fn table_rows(s: &Settings, groups: &[(&str, Vec<&MethodResult>)]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
     for (method, rs) in groups {
         let col = |f: &dyn Fn(&MethodResult) -> f64| rs.iter().map(|r| f(r)).collect::<Vec<f64>>();
-        let judge: Vec<f64> = rs
-            .iter()
-            .filter_map(|r| r.generation.as_ref().map(|g| g.yes_rate))
-            .collect();
-        let p_yes: Vec<f64> = rs
-            .iter()
-            .filter_map(|r| r.generation.as_ref().map(|g| g.mean_p_yes))
-            .collect();
-        writeln!(
-            w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            label(method),
-            cell(&judge, 100.0, 1),
-            cell(&p_yes, 1.0, 3),
+        let judged = |f: fn(&GenerationResult) -> f64| -> Vec<f64> {
+            rs.iter()
+                .filter_map(|r| r.generation.as_ref().map(f))
+                .collect()
+        };
+        rows.push(vec![
+            label(method).to_string(),
+            cell(&judged(|g| g.yes_rate), 100.0, 1),
+            cell(&judged(|g| g.mean_p_yes), 1.0, 3),
             cell(&col(&|r| r.eval.rewards_accuracies), 100.0, 1),
             cell(&col(&|r| r.eval.rewards_margins), 1.0, 4),
             cell(&col(&|r| r.eval.loss_preference), 1.0, 4),
@@ -282,184 +314,162 @@ fn markdown(
             cell(
                 &col(&|r| r.analysis.layers.get(s.layer).map_or(f64::NAN, |l| l.av)),
                 1.0,
-                4
+                4,
             ),
-        )?;
+        ]);
     }
+    rows
+}
 
-    writeln!(w, "\n## What the paper claims, and what this run shows\n")?;
+/// The paper's claims next to what the run shows, one sentence each.
+fn claims(s: &Settings, groups: &[(&str, Vec<&MethodResult>)]) -> Vec<String> {
     let get = |m: &str| {
         groups
             .iter()
             .find(|(k, _)| *k == m)
             .map(|(_, v)| v.as_slice())
     };
+    let mut out = Vec::new();
     if let Some(dpo) = get("dpo") {
-        let start = mean_metric(dpo, |r| {
-            r.train
-                .as_ref()
-                .and_then(|t| t.probes.first())
-                .map_or(f64::NAN, |p| p.layers[s.layer].fd)
-        });
-        let end = mean_metric(dpo, |r| {
-            r.train
-                .as_ref()
-                .and_then(|t| t.probes.last())
-                .map_or(f64::NAN, |p| p.layers[s.layer].fd)
-        });
-        let mean_start = mean_metric(dpo, |r| {
-            r.train.as_ref().map_or(f64::NAN, |t| {
-                t.layers_before.iter().map(|l| l.fd).sum::<f64>() / t.layers_before.len() as f64
-            })
-        });
-        let mean_end = mean_metric(dpo, |r| {
-            r.train.as_ref().map_or(f64::NAN, |t| {
-                t.layers_after.iter().map(|l| l.fd).sum::<f64>() / t.layers_after.len() as f64
-            })
-        });
-        let verdict = |a: f64, b: f64| {
-            if b > a {
-                "rises"
-            } else if b < a {
-                "falls"
-            } else {
-                "stays"
-            }
-        };
-        writeln!(
-            w,
-            "- **FD rises during DPO** (paper, Figs. 3-4). Here, FD of layer {} on the probe \
-             prompts {} from {:.4} to {:.4} over DPO training; averaged over all layers on the \
-             held-out prompts it {} from {:.4} to {:.4}. {}",
-            s.layer,
-            verdict(start, end),
-            start,
-            end,
-            verdict(mean_start, mean_end),
-            mean_start,
-            mean_end,
-            if end > start && mean_end > mean_start {
-                "Reproduced in direction."
-            } else if end > start || mean_end > mean_start {
-                "Partly reproduced: the two measures disagree."
-            } else {
-                "Not reproduced at this budget."
-            }
-        )?;
+        out.push(fd_rises_claim(s, dpo));
     }
     if let (Some(dpo), Some(dec)) = (get("dpo"), get("decpo")) {
-        let cmp = |name: &str, f: &dyn Fn(&MethodResult) -> f64, digits: usize| {
-            let (a, b) = (mean_metric(dpo, f), mean_metric(dec, f));
-            format!(
-                "{name} {:.*} (DecPO) vs {:.*} (DPO): {}",
-                digits,
-                b,
-                digits,
-                a,
-                if (b - a).abs() <= 0.01 * a.abs().max(b.abs()).max(1e-9) {
-                    "no meaningful difference (under 1 %)"
-                } else if b > a {
-                    "DecPO higher"
-                } else {
-                    "DecPO lower"
-                }
-            )
-        };
-        let judged = dpo.iter().chain(dec).all(|r| r.generation.is_some());
-        writeln!(
-            w,
-            "- **DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
-             margins; FD higher at the regularized layer). Here: {}; {}; {}{}.",
-            cmp("reward margin", &|r| r.eval.rewards_margins, 4),
-            cmp("reward accuracy", &|r| r.eval.rewards_accuracies, 3),
-            cmp(
-                &format!("FD at layer {}", s.layer),
-                &|r| fd_at(&r.analysis, s.layer),
-                4
-            ),
-            if judged {
-                format!(
-                    "; {}",
-                    cmp(
-                        "judge YES rate",
-                        &|r| r.generation.as_ref().map_or(f64::NAN, |g| g.yes_rate),
-                        3
-                    )
-                )
-            } else {
-                String::new()
-            }
-        )?;
+        out.push(decpo_beats_dpo_claim(s, dpo, dec));
     }
     if let Some(dec) = get("decpo") {
-        let last = |f: fn(&decpo_alignment::train::step::StepValues) -> f64| {
-            mean_metric(dec, |r| {
-                r.train
-                    .as_ref()
-                    .and_then(|t| t.evals.last())
-                    .map_or(f64::NAN, |e| f(&e.values))
+        out.push(term_size(s, dec));
+    }
+    out
+}
+
+fn fd_rises_claim(s: &Settings, dpo: &[&MethodResult]) -> String {
+    let probe_fd = |first: bool| {
+        mean_metric(dpo, |r| {
+            r.train
+                .as_ref()
+                .and_then(|t| {
+                    if first {
+                        t.probes.first()
+                    } else {
+                        t.probes.last()
+                    }
+                })
+                .map_or(f64::NAN, |p| p.layers[s.layer].fd)
+        })
+    };
+    let mean_fd = |layers: fn(&Summary) -> &[LayerMeasure]| {
+        mean_metric(dpo, |r| {
+            r.train.as_ref().map_or(f64::NAN, |t| {
+                let l = layers(t);
+                l.iter().map(|l| l.fd).sum::<f64>() / l.len() as f64
             })
-        };
-        let (reg, pref) = (last(|v| v.loss_reg), last(|v| v.loss_pref));
-        writeln!(
-            w,
-            "- Size of the DecPO term at the last evaluation: L_dec = {:.3} per micro-batch, \
-             λ·L_dec = {:.5} next to a DPO loss of {:.4}. {}",
-            reg,
-            reg * s.decpo_lambda,
-            pref,
-            if reg * s.decpo_lambda < 0.05 * pref {
-                "The regularizer is a small part of the objective here, so DecPO and DPO are \
-                 expected to stay close; a larger λ or more rows per micro-batch would test it \
-                 harder."
+        })
+    };
+    let (start, end) = (probe_fd(true), probe_fd(false));
+    let (mean_start, mean_end) = (mean_fd(|t| &t.layers_before), mean_fd(|t| &t.layers_after));
+    let verdict = |a: f64, b: f64| {
+        if b > a {
+            "rises"
+        } else if b < a {
+            "falls"
+        } else {
+            "stays"
+        }
+    };
+    format!(
+        "**FD rises during DPO** (paper, Figs. 3-4). Here, FD of layer {} on the probe \
+         prompts {} from {:.4} to {:.4} over DPO training; averaged over all layers on the \
+         held-out prompts it {} from {:.4} to {:.4}. {}",
+        s.layer,
+        verdict(start, end),
+        start,
+        end,
+        verdict(mean_start, mean_end),
+        mean_start,
+        mean_end,
+        if end > start && mean_end > mean_start {
+            "Reproduced in direction."
+        } else if end > start || mean_end > mean_start {
+            "Partly reproduced: the two measures disagree."
+        } else {
+            "Not reproduced at this budget."
+        }
+    )
+}
+
+fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResult]) -> String {
+    let cmp = |name: &str, f: &dyn Fn(&MethodResult) -> f64, digits: usize| {
+        let (a, b) = (mean_metric(dpo, f), mean_metric(dec, f));
+        format!(
+            "{name} {:.*} (DecPO) vs {:.*} (DPO): {}",
+            digits,
+            b,
+            digits,
+            a,
+            if (b - a).abs() <= 0.01 * a.abs().max(b.abs()).max(1e-9) {
+                "no meaningful difference (under 1 %)"
+            } else if b > a {
+                "DecPO higher"
             } else {
-                "The regularizer is a sizeable part of the objective."
+                "DecPO lower"
             }
-        )?;
-    }
-    writeln!(
-        w,
-        "- Scale: the paper trained 7-8B models for 10 epochs on a GPU and judged with GPT-3.5; \
-         this report trains a {}-layer model on 2 CPU cores for the budget above and judges with \
-         {}, a model far too small to be a reliable judge. Differences within a few points on \
-         {} prompts are noise.\n",
-        s.n_layers, s.judge, s.gen_prompts
-    )?;
+        )
+    };
+    let judged = dpo.iter().chain(dec).all(|r| r.generation.is_some());
+    format!(
+        "**DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
+         margins; FD higher at the regularized layer). Here: {}; {}; {}{}.",
+        cmp("reward margin", &|r| r.eval.rewards_margins, 4),
+        cmp("reward accuracy", &|r| r.eval.rewards_accuracies, 3),
+        cmp(
+            &format!("FD at layer {}", s.layer),
+            &|r| fd_at(&r.analysis, s.layer),
+            4
+        ),
+        if judged {
+            format!(
+                "; {}",
+                cmp(
+                    "judge YES rate",
+                    &|r| r.generation.as_ref().map_or(f64::NAN, |g| g.yes_rate),
+                    3
+                )
+            )
+        } else {
+            String::new()
+        }
+    )
+}
 
-    writeln!(w, "## Figures\n")?;
-    for (file, caption) in [
-        (
-            "margins.png",
-            "Held-out reward margin during training (Fig. 6 of the paper); lines that coincide hide each other.",
-        ),
-        (
-            "fd_steps.png",
-            "FD of the regularized layer on held-out probe prompts during training (Fig. 4).",
-        ),
-        (
-            "fd_depth.png",
-            "FD per relative depth after training, one line per method (Fig. 3).",
-        ),
-        (
-            "av_decpo_minus_dpo.png",
-            "AV(DecPO) − AV(DPO) per relative depth (Fig. 5).",
-        ),
-        (
-            "av_diff_depth.png",
-            "AV of each method minus the base model's.",
-        ),
-        ("av_depth.png", "AV per relative depth."),
-    ] {
-        writeln!(w, "![{caption}]({file})\n\n{caption} (SVG next to it.)\n")?;
-    }
+fn term_size(s: &Settings, dec: &[&MethodResult]) -> String {
+    let last = |f: fn(&StepValues) -> f64| {
+        mean_metric(dec, |r| {
+            r.train
+                .as_ref()
+                .and_then(|t| t.evals.last())
+                .map_or(f64::NAN, |e| f(&e.values))
+        })
+    };
+    let (reg, pref) = (last(|v| v.loss_reg), last(|v| v.loss_pref));
+    format!(
+        "Size of the DecPO term at the last evaluation: L_dec = {:.3} per micro-batch, \
+         λ·L_dec = {:.5} next to a DPO loss of {:.4}. {}",
+        reg,
+        reg * s.decpo_lambda,
+        pref,
+        if reg * s.decpo_lambda < 0.05 * pref {
+            "The regularizer is a small part of the objective here, so DecPO and DPO are \
+             expected to stay close; a larger λ or more rows per micro-batch would test it \
+             harder."
+        } else {
+            "The regularizer is a sizeable part of the objective."
+        }
+    )
+}
 
-    writeln!(
-        w,
-        "## Top tokens of the most active neuron, layer {}\n",
-        s.layer
-    )?;
-    writeln!(w, "| model | neuron | mean act. | top tokens |")?;
-    writeln!(w, "|---|---|---|---|")?;
+/// The top tokens of the regularized layer's most active neuron, one row per model.
+fn top_token_rows(s: &Settings, firsts: &[&MethodResult]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
     for r in firsts {
         if let Some(t) = r.analysis.top_tokens.iter().find(|t| t.layer == s.layer) {
             let toks: Vec<String> = t
@@ -473,53 +483,13 @@ fn markdown(
                     )
                 })
                 .collect();
-            writeln!(
-                w,
-                "| {} | {} | {:.3} | {} |",
-                label(&r.method),
-                t.neuron,
-                t.mean_activation,
-                toks.join(" ")
-            )?;
+            rows.push(vec![
+                label(&r.method).to_string(),
+                t.neuron.to_string(),
+                format!("{:.3}", t.mean_activation),
+                toks.join(" "),
+            ]);
         }
     }
-
-    writeln!(w, "\n## Settings\n")?;
-    writeln!(
-        w,
-        "- Data: {} (task `{}`), {} train / {} held-out pairs.",
-        s.files
-            .iter()
-            .map(|f| format!("`{}`", f.display()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        s.task,
-        s.train_pairs,
-        s.eval_pairs
-    )?;
-    writeln!(
-        w,
-        "- DecPO: paper mode, λ = {}, layer {} of {}, rows = all sequences of a micro-batch, last \
-         real token, rows L2-normalised. L1-Reg: λ₁ = {} at the same site.",
-        s.decpo_lambda, s.layer, s.n_layers, s.l1_lambda
-    )?;
-    writeln!(
-        w,
-        "- SFT trains on the chosen completions only; SimPO uses γ = 0.2 and the shared β."
-    )?;
-    writeln!(
-        w,
-        "- Judge: {}; each (prompt, response, answer) is in `runs/<method>-s<seed>/generations.jsonl`.",
-        s.judge
-    )?;
-    writeln!(
-        w,
-        "- Per-pair held-out numbers: `runs/<method>-s<seed>/eval_pairs.json`; everything: `results.json`."
-    )?;
-    writeln!(
-        w,
-        "\nShared run configuration (each method then sets its objective):\n\n```toml\n{}```",
-        s.config
-    )?;
-    Ok(m)
+    rows
 }

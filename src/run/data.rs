@@ -180,7 +180,23 @@ pub fn prepare(
         train.len(),
         eval.len()
     )?;
-    let all: Vec<TokenizedPair> = train.iter().chain(&eval).cloned().collect();
+    write_lengths_and_example(&mut out, &train, &eval, example.as_ref(), tok)?;
+    Ok(Prepared {
+        train,
+        eval,
+        summary: out,
+    })
+}
+
+/// Token-length percentiles of all pairs and one example pair, decoded, for the summary.
+fn write_lengths_and_example(
+    out: &mut String,
+    train: &[TokenizedPair],
+    eval: &[TokenizedPair],
+    example: Option<&TokenizedPair>,
+    tok: &LlamaTokenizer,
+) -> anyhow::Result<()> {
+    let all: Vec<TokenizedPair> = train.iter().chain(eval).cloned().collect();
     if let Some(stats) = LengthStats::of(&all) {
         for (name, p) in [
             ("prompt", stats.prompt),
@@ -209,11 +225,7 @@ pub fn prepare(
             tok.decode(&t.rejected_ids, false)?
         )?;
     }
-    Ok(Prepared {
-        train,
-        eval,
-        summary: out,
-    })
+    Ok(())
 }
 
 /// A model path as the binaries take it: a GGUF file, a Hugging Face directory, or a `train` run

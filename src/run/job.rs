@@ -2,7 +2,7 @@
 //! phase, preference optimisation, held-out evaluation and per-layer FD/AV before and after, the
 //! Hugging Face export and `summary.json`. Shared by `train` and `experiment`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::module::AutodiffModule;
@@ -17,7 +17,7 @@ use decpo_datasets::TokenizedPair;
 use decpo_model::{Llama, LlamaTokenizer, load_pretrained, save_hf_dir, save_lora_adapters};
 use serde::{Deserialize, Serialize};
 
-use super::config::RunConfig;
+use super::config::{RunConfig, SftPhase};
 use super::data::{eos_id, prepare, write_heldout};
 use super::embedded;
 
@@ -123,6 +123,25 @@ pub struct Summary {
     pub adapters: Option<PathBuf>,
 }
 
+impl Summary {
+    /// Writes `<out>/summary.json`.
+    pub fn save(&self, out: &Path) -> anyhow::Result<()> {
+        let path = out.join("summary.json");
+        std::fs::write(&path, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Names the weights a preference phase starts from, in the reference cache's file names.
+fn model_key(c: &RunConfig, model_name: &str) -> String {
+    format!(
+        "{model_name} {} sft={:?} seed={}",
+        c.dtype,
+        c.sft.as_ref().map(|s| s.steps),
+        c.train.seed
+    )
+}
+
 /// What a job leaves besides its files.
 pub struct JobOutput<B: Backend> {
     pub summary: Summary,
@@ -132,64 +151,35 @@ pub struct JobOutput<B: Backend> {
     pub resumed_from: Option<usize>,
 }
 
-/// Runs the job: optional SFT phase, preference optimisation, evaluation, export; training is
-/// data parallel over `devices` (the model is on the first).
+/// How a job's training runs: resumed or not, with burn's dashboard or plain lines, and on which
+/// devices (data parallel; the model is on the first).
+pub struct Launch<'a, D> {
+    pub resume: bool,
+    pub dashboard: bool,
+    pub devices: &'a [D],
+}
+
+/// Runs the job: optional SFT phase, preference optimisation, evaluation, export.
 pub fn run<B: AutodiffBackend>(
     c: &RunConfig,
     loaded: Loaded<B>,
     data: JobData,
-    resume: bool,
-    dashboard: bool,
-    devices: &[B::Device],
+    launch: &Launch<B::Device>,
 ) -> anyhow::Result<JobOutput<B::InnerBackend>> {
     let Loaded {
         model,
         tok,
         name: model_name,
     } = loaded;
-    let JobData {
-        train: train_set,
-        eval: eval_set,
-        ..
-    } = data;
+    let (train_set, eval_set) = (data.train, data.eval);
     c.save()?;
     write_heldout(&c.out, &eval_set.pairs)?;
-    // Phase 1 (optional): SFT on the chosen completions, full weights or adapters merged after.
-    let mut policy = model;
-    if let Some(sft) = &c.sft {
-        let objective = ObjectiveConfig {
-            loss: LossType::Sft,
-            regularizer: None,
-            ..c.objective.clone()
-        };
-        let settings = TrainSettings {
-            learning_rate: sft.learning_rate,
-            max_steps: Some(sft.steps),
-            epochs: usize::MAX / 2,
-            save_every: sft.steps,
-            ..c.train.clone()
-        };
-        eprintln!("SFT: {} steps", sft.steps);
-        let dir = c.out.join("sft");
-        let result = train(
-            policy,
-            train_set.clone(),
-            eval_set.clone(),
-            &RunSpec {
-                objective: &objective,
-                train: &settings,
-                lora: c.lora.as_ref(),
-                dir: &dir,
-                resume,
-                dashboard,
-                model_key: &format!("{model_name} {} sft", c.dtype),
-            },
-            devices,
-        )?;
-        policy = Llama::from_inner(result.policy.merge_lora());
-    }
+    let policy = match &c.sft {
+        Some(sft) => sft_phase(c, sft, model, &train_set, &eval_set, &model_name, launch)?,
+        None => model,
+    };
 
-    // Phase 2: preference optimisation.
+    // Preference optimisation, evaluated before and after against the policy it starts from.
     let initial = policy.valid();
     let inner_device = initial.embed_tokens.weight.device();
     let step_settings = StepSettings {
@@ -197,58 +187,34 @@ pub fn run<B: AutodiffBackend>(
         logits_chunk: c.train.logits_chunk,
         max_grad_norm: None,
     };
-    let eval_before = evaluate(
-        &initial,
-        &initial,
-        &eval_set,
-        &step_settings,
-        c.train.micro_batch,
-        &inner_device,
-    );
-    let layers_before = layer_measures(&initial, &eval_set, &inner_device);
-    let dir = c.out.join("decpo");
-    let key = format!(
-        "{model_name} {} sft={:?} seed={}",
-        c.dtype,
-        c.sft.as_ref().map(|s| s.steps),
-        c.train.seed
-    );
-    let result = train(
-        policy,
-        train_set,
-        eval_set.clone(),
-        &RunSpec {
-            objective: &c.objective,
-            train: &c.train,
-            lora: c.lora.as_ref(),
-            dir: &dir,
-            resume,
-            dashboard,
-            model_key: &key,
-        },
-        devices,
-    )?;
-    let trained = result.policy;
-    let eval_after = evaluate(
-        &trained,
-        &initial,
-        &eval_set,
-        &step_settings,
-        c.train.micro_batch,
-        &inner_device,
-    );
-    let layers_after = layer_measures(&trained, &eval_set, &inner_device);
-
-    let exported = c.out.join("model");
-    save_hf_dir(&trained.merge_lora(), Some(&tok), &exported)?;
-    let adapters = match &c.lora {
-        Some(l) => {
-            let dir = c.out.join("adapters");
-            save_lora_adapters(&trained, l, &model_name, &dir)?;
-            Some(dir)
-        }
-        None => None,
+    let held_out = |m: &Llama<B::InnerBackend>| {
+        let values = evaluate(
+            m,
+            &initial,
+            &eval_set,
+            &step_settings,
+            c.train.micro_batch,
+            &inner_device,
+        );
+        (values, layer_measures(m, &eval_set, &inner_device))
     };
+    let (eval_before, layers_before) = held_out(&initial);
+    let dir = c.out.join("decpo");
+    let key = model_key(c, &model_name);
+    let spec = RunSpec {
+        objective: &c.objective,
+        train: &c.train,
+        lora: c.lora.as_ref(),
+        dir: &dir,
+        resume: launch.resume,
+        dashboard: launch.dashboard,
+        model_key: &key,
+    };
+    let result = train(policy, train_set, eval_set.clone(), &spec, launch.devices)?;
+    let trained = result.policy;
+    let (eval_after, layers_after) = held_out(&trained);
+
+    let (exported, adapters) = export(c, &trained, &tok, &model_name)?;
     let summary = Summary {
         model: model_name,
         steps: result.report.steps_done,
@@ -263,13 +229,74 @@ pub fn run<B: AutodiffBackend>(
         exported,
         adapters,
     };
-    let path = c.out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    summary.save(&c.out)?;
     Ok(JobOutput {
         summary,
         initial,
         trained: trained.merge_lora(),
         resumed_from: result.resumed_from,
     })
+}
+
+/// SFT on the chosen completions (full weights, or adapters merged after).
+fn sft_phase<B: AutodiffBackend>(
+    c: &RunConfig,
+    sft: &SftPhase,
+    policy: Llama<B>,
+    train_set: &PairSet,
+    eval_set: &PairSet,
+    model_name: &str,
+    launch: &Launch<B::Device>,
+) -> anyhow::Result<Llama<B>> {
+    let objective = ObjectiveConfig {
+        loss: LossType::Sft,
+        regularizer: None,
+        ..c.objective.clone()
+    };
+    let settings = TrainSettings {
+        learning_rate: sft.learning_rate,
+        max_steps: Some(sft.steps),
+        epochs: usize::MAX / 2,
+        save_every: sft.steps,
+        ..c.train.clone()
+    };
+    eprintln!("SFT: {} steps", sft.steps);
+    let spec = RunSpec {
+        objective: &objective,
+        train: &settings,
+        lora: c.lora.as_ref(),
+        dir: &c.out.join("sft"),
+        resume: launch.resume,
+        dashboard: launch.dashboard,
+        model_key: &format!("{model_name} {} sft", c.dtype),
+    };
+    let result = train(
+        policy,
+        train_set.clone(),
+        eval_set.clone(),
+        &spec,
+        launch.devices,
+    )?;
+    Ok(Llama::from_inner(result.policy.merge_lora()))
+}
+
+/// Writes the trained model as a Hugging Face directory (LoRA merged) and, with LoRA, the
+/// adapters in PEFT's layout; returns both places.
+fn export<B: Backend>(
+    c: &RunConfig,
+    trained: &Llama<B>,
+    tok: &LlamaTokenizer,
+    model_name: &str,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let exported = c.out.join("model");
+    save_hf_dir(&trained.merge_lora(), Some(tok), &exported)?;
+    let adapters = match &c.lora {
+        Some(l) => {
+            let dir = c.out.join("adapters");
+            save_lora_adapters(trained, l, model_name, &dir)?;
+            Some(dir)
+        }
+        None => None,
+    };
+    Ok((exported, adapters))
 }

@@ -21,7 +21,7 @@ use crate::config::{LossType, ObjectiveConfig};
 use crate::error::{AlignError, Result, io_err};
 use crate::train::data::{PairReference, PairSet, StepLoader, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
-use crate::train::restore::restore;
+use crate::train::restore::{Adam, restore};
 use crate::train::run::{
     AtomicRecorder, DecpoStrategy, LoopReport, PlainRenderer, latest_checkpoint, merge_values,
 };
@@ -265,6 +265,83 @@ pub fn total_steps(s: &TrainSettings, n_pairs: usize) -> usize {
     s.max_steps.map_or(all, |m| m.min(all))
 }
 
+/// The reference of a run: log-probs computed once and stored with the sets (`precomputed`),
+/// a frozen copy of the policy (`frozen`, returned), or nothing for `lora-off` (the policy with
+/// its adapters removed) and for losses without a reference.
+fn prepare_reference<B: AutodiffBackend>(
+    policy: &Llama<B>,
+    train_set: &mut PairSet,
+    eval_set: &mut PairSet,
+    spec: &RunSpec,
+) -> Result<Option<Llama<B>>> {
+    let s = spec.train;
+    let needs_reference = !matches!(spec.objective.loss, LossType::Simpo | LossType::Sft);
+    match (needs_reference, s.reference) {
+        (false, _) => Ok(None),
+        (true, ReferenceMode::Precomputed) => {
+            let initial = policy.valid();
+            let inner_device = initial.embed_tokens.weight.device();
+            let key = reference_key(spec.model_key, train_set, eval_set);
+            for (name, set) in [("train", train_set), ("eval", eval_set)] {
+                let path = spec.dir.join(format!("reference-{name}-{key}.json"));
+                let n = set.pairs.len();
+                let r = cached_reference(&path, n, || {
+                    reference_logps(&initial, set, s.micro_batch, s.logits_chunk, &inner_device)
+                })?;
+                set.reference = Some(r);
+            }
+            Ok(None)
+        }
+        (true, ReferenceMode::Frozen) => {
+            Ok(Some(policy.without_adapters().map(&mut Freeze).no_grad()))
+        }
+        (true, ReferenceMode::LoraOff) if spec.lora.is_none() => Err(AlignError::setting(
+            "train.reference",
+            "\"lora-off\" needs LoRA adapters ([lora])",
+        )),
+        (true, ReferenceMode::LoraOff) => Ok(None),
+    }
+}
+
+/// The optimizer and schedule of a run, fresh or restored from its newest checkpoint (with the
+/// checkpoint's step); a fresh run starts a new `log.jsonl`.
+#[allow(clippy::type_complexity)]
+fn start_state<B: AutodiffBackend>(
+    model: DecpoModel<B>,
+    spec: &RunSpec,
+    steps: usize,
+    device: &B::Device,
+) -> Result<(DecpoModel<B>, Adam<B>, WarmupSchedule, Option<usize>)> {
+    let s = spec.train;
+    let optim = AdamWConfig::new()
+        .with_beta_1(s.adam_beta1 as f32)
+        .with_beta_2(s.adam_beta2 as f32)
+        .with_epsilon(s.adam_epsilon as f32)
+        .with_weight_decay(s.weight_decay as f32)
+        .init();
+    let schedule = WarmupSchedule::new(s.learning_rate, s.warmup_steps, steps, s.decay);
+    let resumed_from = if spec.resume {
+        latest_checkpoint(spec.dir)
+    } else {
+        None
+    };
+    let (model, optim, schedule) = match resumed_from {
+        Some(k) => restore(
+            &spec.dir.join("checkpoint"),
+            k,
+            model,
+            optim,
+            schedule,
+            device,
+        )?,
+        None => {
+            let _ = std::fs::remove_file(spec.dir.join("log.jsonl"));
+            (model, optim, schedule)
+        }
+    };
+    Ok((model, optim, schedule, resumed_from))
+}
+
 /// Trains `policy` on `train_set`, evaluating on `eval_set` every `save_every` steps, data
 /// parallel over `devices` (the first is the main one: optimizer, evaluation, checkpoints).
 pub fn train<B: AutodiffBackend>(
@@ -294,35 +371,7 @@ pub fn train<B: AutodiffBackend>(
         // Full fine-tuning: every weight trains, kept in f32 when the model computes in bf16.
         None => policy.map(&mut Trainable).with_f32_master(),
     };
-    let needs_reference = !matches!(spec.objective.loss, LossType::Simpo | LossType::Sft);
-    let mut reference = None;
-    match (needs_reference, s.reference) {
-        (false, _) => {}
-        (true, ReferenceMode::Precomputed) => {
-            let initial = policy.valid();
-            let inner_device = initial.embed_tokens.weight.device();
-            let key = reference_key(spec.model_key, &train_set, &eval_set);
-            for (name, set) in [("train", &mut train_set), ("eval", &mut eval_set)] {
-                let path = spec.dir.join(format!("reference-{name}-{key}.json"));
-                let n = set.pairs.len();
-                let r = cached_reference(&path, n, || {
-                    reference_logps(&initial, set, s.micro_batch, s.logits_chunk, &inner_device)
-                })?;
-                set.reference = Some(r);
-            }
-        }
-        (true, ReferenceMode::Frozen) => {
-            reference = Some(policy.without_adapters().map(&mut Freeze).no_grad());
-        }
-        (true, ReferenceMode::LoraOff) => {
-            if spec.lora.is_none() {
-                return Err(AlignError::setting(
-                    "train.reference",
-                    "\"lora-off\" needs LoRA adapters ([lora])",
-                ));
-            }
-        }
-    }
+    let reference = prepare_reference(&policy, &mut train_set, &mut eval_set, spec)?;
 
     let steps = total_steps(s, train_set.pairs.len());
     let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
@@ -354,35 +403,10 @@ pub fn train<B: AutodiffBackend>(
             max_grad_norm: s.max_grad_norm,
         },
     };
-    let optim = AdamWConfig::new()
-        .with_beta_1(s.adam_beta1 as f32)
-        .with_beta_2(s.adam_beta2 as f32)
-        .with_epsilon(s.adam_epsilon as f32)
-        .with_weight_decay(s.weight_decay as f32)
-        .init();
-    let schedule = WarmupSchedule::new(s.learning_rate, s.warmup_steps, steps, s.decay);
     let intervals = steps.div_ceil(s.save_every);
     let report = Arc::new(Mutex::new(LoopReport::default()));
     let log_path: PathBuf = spec.dir.join("log.jsonl");
-    let resumed_from = if spec.resume {
-        latest_checkpoint(spec.dir)
-    } else {
-        None
-    };
-    let (model, optim, schedule) = match resumed_from {
-        Some(k) => restore(
-            &spec.dir.join("checkpoint"),
-            k,
-            model,
-            optim,
-            schedule,
-            device,
-        )?,
-        None => {
-            let _ = std::fs::remove_file(&log_path);
-            (model, optim, schedule)
-        }
-    };
+    let (model, optim, schedule, resumed_from) = start_state(model, spec, steps, device)?;
     let strategy = DecpoStrategy {
         train: train_loader.clone(),
         devices: devices.to_vec(),
