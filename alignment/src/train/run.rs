@@ -188,7 +188,7 @@ pub struct DecpoStrategy<B: AutodiffBackend> {
 }
 
 /// Folds `v` into the pair-weighted average `acc` (values of no pairs count for nothing).
-pub fn merge_values(acc: &mut Option<StepValues>, v: StepValues) {
+pub fn merge_values(acc: &mut Option<StepValues>, mut v: StepValues) {
     let Some(a) = acc.as_mut().filter(|a| a.pairs > 0) else {
         *acc = Some(v);
         return;
@@ -199,15 +199,9 @@ pub fn merge_values(acc: &mut Option<StepValues>, v: StepValues) {
     let (wa, wb) = (a.pairs as f64, v.pairs as f64);
     let w = (wa + wb).max(1.0);
     let mix = |x: f64, y: f64| (x * wa + y * wb) / w;
-    a.loss = mix(a.loss, v.loss);
-    a.loss_pref = mix(a.loss_pref, v.loss_pref);
-    a.loss_reg = mix(a.loss_reg, v.loss_reg);
-    a.rewards_chosen = mix(a.rewards_chosen, v.rewards_chosen);
-    a.rewards_rejected = mix(a.rewards_rejected, v.rewards_rejected);
-    a.rewards_margins = mix(a.rewards_margins, v.rewards_margins);
-    a.rewards_accuracies = mix(a.rewards_accuracies, v.rewards_accuracies);
-    a.logps_chosen = mix(a.logps_chosen, v.logps_chosen);
-    a.logps_rejected = mix(a.logps_rejected, v.logps_rejected);
+    for (x, y) in a.pair_means_mut().into_iter().zip(v.pair_means_mut()) {
+        *x = mix(*x, *y);
+    }
     a.fd = match (a.fd, v.fd) {
         (Some(x), Some(y)) => Some(mix(x, y)),
         _ => None,

@@ -113,28 +113,10 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 
 impl StepValues {
     /// Adds one micro-batch's results with weight `pairs`; [`StepValues::finish`] divides.
-    fn add<B: Backend>(&mut self, out: &StepOutput<B>, pairs: usize, tokens: usize) {
-        let w = pairs as f64;
-        let margins = out.rewards_chosen.clone() - out.rewards_rejected.clone();
-        self.loss += w * scalar(out.loss.clone());
-        self.loss_pref += w * scalar(out.loss_pref.clone());
-        self.loss_reg += w * scalar(out.loss_reg.clone());
-        self.rewards_chosen += w * scalar(out.rewards_chosen.clone());
-        self.rewards_rejected += w * scalar(out.rewards_rejected.clone());
-        self.rewards_margins += w * scalar(margins.clone());
-        self.rewards_accuracies += w * scalar(margins.greater_elem(0.0).float());
-        self.logps_chosen += w * scalar(out.policy.chosen.sum.clone());
-        self.logps_rejected += w * scalar(out.policy.rejected.sum.clone());
-        if let Some(fd) = &out.fd {
-            *self.fd.get_or_insert(0.0) += w * scalar(fd.clone());
-        }
-        self.pairs += pairs;
-        self.tokens += tokens;
-    }
-
-    fn finish(mut self) -> Self {
-        let w = self.pairs.max(1) as f64;
-        for v in [
+    /// The values that are means over pairs (all but the counts and the loop's own), in the
+    /// order [`StepValues::add`] computes them: accumulation, averaging and merging go through it.
+    pub fn pair_means_mut(&mut self) -> [&mut f64; 9] {
+        [
             &mut self.loss,
             &mut self.loss_pref,
             &mut self.loss_reg,
@@ -144,7 +126,36 @@ impl StepValues {
             &mut self.rewards_accuracies,
             &mut self.logps_chosen,
             &mut self.logps_rejected,
-        ] {
+        ]
+    }
+
+    fn add<B: Backend>(&mut self, out: &StepOutput<B>, pairs: usize, tokens: usize) {
+        let w = pairs as f64;
+        let margins = out.rewards_chosen.clone() - out.rewards_rejected.clone();
+        let values = [
+            out.loss.clone(),
+            out.loss_pref.clone(),
+            out.loss_reg.clone(),
+            out.rewards_chosen.clone(),
+            out.rewards_rejected.clone(),
+            margins.clone(),
+            margins.greater_elem(0.0).float(),
+            out.policy.chosen.sum.clone(),
+            out.policy.rejected.sum.clone(),
+        ];
+        for (acc, v) in self.pair_means_mut().into_iter().zip(values) {
+            *acc += w * scalar(v);
+        }
+        if let Some(fd) = &out.fd {
+            *self.fd.get_or_insert(0.0) += w * scalar(fd.clone());
+        }
+        self.pairs += pairs;
+        self.tokens += tokens;
+    }
+
+    fn finish(mut self) -> Self {
+        let w = self.pairs.max(1) as f64;
+        for v in self.pair_means_mut() {
             *v /= w;
         }
         if let Some(fd) = &mut self.fd {
