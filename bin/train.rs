@@ -8,20 +8,17 @@
 //! cargo run --release --features cuda --bin train -- --devices cuda:0,cuda:1 --accumulation 8
 
 use std::io::{IsTerminal, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
-use decpo_alignment::measure::LayerMeasure;
-use decpo_alignment::train::run::describe;
-use decpo_alignment::{LossType, Regularizer};
 use decpo_model::Precision;
 
 use decpo::backend::{self, Autodiff, device};
-use decpo::run::cli::{DataArgs, TrainArgs};
-use decpo::run::job::{self, Launch, Summary};
-use decpo::run::{RunConfig, SftPhase, embedded};
+use decpo::run::cli::{DataArgs, MethodArgs, TrainArgs};
+use decpo::run::job::{self, Launch};
+use decpo::run::{RunConfig, embedded};
 
 #[derive(Parser, Debug)]
 #[command(about = "DPO / DecPO training of a Llama model on preference pairs")]
@@ -55,35 +52,10 @@ struct Args {
     devices: Option<String>,
     #[command(flatten)]
     data: DataArgs,
-    /// sigmoid, ipo, hinge, simpo, sft.
-    #[arg(long)]
-    loss: Option<String>,
-    #[arg(long)]
-    beta: Option<f64>,
-    /// paper, released, l1 or none.
-    #[arg(long)]
-    regularizer: Option<String>,
-    /// Regularizer weight λ.
-    #[arg(long)]
-    lambda: Option<f64>,
-    /// Layer of the regularized up_proj (0-based).
-    #[arg(long)]
-    dec_layer: Option<usize>,
-    /// Full fine-tuning instead of LoRA.
-    #[arg(long)]
-    no_lora: bool,
-    #[arg(long)]
-    lora_rank: Option<usize>,
+    #[command(flatten)]
+    method: MethodArgs,
     #[command(flatten)]
     train: TrainArgs,
-    /// Steps of SFT before preference optimisation (0 = none).
-    #[arg(long)]
-    sft_steps: Option<usize>,
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Result<T> {
-    serde_json::from_value(serde_json::Value::String(value.into()))
-        .map_err(|_| anyhow::anyhow!("--{flag}: unknown value `{value}`"))
 }
 
 /// The configuration: embedded default job, or a file, or the authors' defaults; then flags.
@@ -106,50 +78,9 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
     }
     set!(c.dtype, args.dtype);
     args.data.apply(&mut c);
-    let o = &mut c.objective;
-    if let Some(l) = &args.loss {
-        o.loss = parse_enum("loss", l)?;
-    }
-    set!(o.beta, args.beta);
+    args.method.apply(&mut c);
     args.train.apply(&mut c);
-    if args.no_lora {
-        c.lora = None;
-    }
-    if let (Some(r), Some(l)) = (args.lora_rank, &mut c.lora) {
-        l.rank = r;
-    }
-    if let Some(steps) = args.sft_steps {
-        c.sft = match (steps, c.sft.take()) {
-            (0, _) => None,
-            (steps, Some(s)) => Some(SftPhase { steps, ..s }),
-            (steps, None) => Some(SftPhase {
-                steps,
-                learning_rate: 1e-4,
-            }),
-        };
-    }
     Ok(c)
-}
-
-/// Applies the regularizer flags once the model's depth is known (the default layer is ⌊n/3⌋).
-fn regularizer(args: &Args, c: &mut RunConfig, n_layers: usize) -> anyhow::Result<()> {
-    let o = &mut c.objective;
-    if let Some(kind) = &args.regularizer {
-        o.regularizer = Regularizer::named(kind, n_layers / 3)
-            .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
-    } else if args.config.is_none() && o.regularizer.is_none() && o.loss == LossType::Sigmoid {
-        // DecPO is the default method.
-        o.regularizer = Some(Regularizer::paper(n_layers));
-    }
-    if let Some(reg) = &mut o.regularizer {
-        if let Some(v) = args.dec_layer {
-            reg.set_layer(v);
-        }
-        if let Some(v) = args.lambda {
-            reg.set_lambda(v);
-        }
-    }
-    Ok(())
 }
 
 fn run<B: AutodiffBackend>(
@@ -158,14 +89,17 @@ fn run<B: AutodiffBackend>(
     devices: &[B::Device],
 ) -> anyhow::Result<()> {
     let loaded = job::load::<B>(&mut c, &devices[0])?;
-    regularizer(args, &mut c, loaded.model.config.num_hidden_layers)?;
+    args.method.apply_regularizer(
+        &mut c,
+        loaded.model.config.num_hidden_layers,
+        args.config.is_some(),
+    )?;
     if args.print_config {
         print!("{}", toml::to_string(&c)?);
         return Ok(());
     }
     c.objective
-        .validate(loaded.model.config.num_hidden_layers)
-        .map_err(anyhow::Error::msg)?;
+        .validate(loaded.model.config.num_hidden_layers)?;
     let data = job::data(&c, &loaded.tok, &loaded.name)?;
     let _ = std::io::stdout().lock().write_all(data.summary.as_bytes());
     if args.dry_run {
@@ -178,43 +112,8 @@ fn run<B: AutodiffBackend>(
         devices,
     };
     let out = job::run::<B>(&c, loaded, data, &launch)?;
-    print_summary(&out.summary, out.resumed_from, &c.out.join("summary.json"));
+    print!("{}", out.summary.describe(out.resumed_from, &c.out));
     Ok(())
-}
-
-fn print_summary(s: &Summary, resumed_from: Option<usize>, path: &Path) {
-    println!("\n== DecPO run: {} ==", s.model);
-    if let Some(k) = resumed_from {
-        println!("resumed from checkpoint {k}");
-    }
-    println!("{} optimizer steps in {:.1} s", s.steps, s.seconds);
-    println!(
-        "held-out pairs ({}), against the reference:",
-        s.eval_after.pairs
-    );
-    println!("  before: {}", describe(&s.eval_before));
-    println!("  after:  {}", describe(&s.eval_after));
-    let fmt = |v: &[LayerMeasure], f: fn(&LayerMeasure) -> f64| {
-        v.iter()
-            .map(|m| format!("{:.4}", f(m)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!("FD per layer (held-out prompts, last token of up_proj):");
-    println!("  before: {}", fmt(&s.layers_before, |m| m.fd));
-    println!("  after:  {}", fmt(&s.layers_after, |m| m.fd));
-    println!("AV per layer:");
-    println!("  before: {}", fmt(&s.layers_before, |m| m.av));
-    println!("  after:  {}", fmt(&s.layers_after, |m| m.av));
-    println!("checkpoints: {}", s.checkpoints.display());
-    println!(
-        "exported model (Hugging Face, LoRA merged): {}",
-        s.exported.display()
-    );
-    if let Some(a) = &s.adapters {
-        println!("LoRA adapters (PEFT layout): {}", a.display());
-    }
-    println!("summary: {}", path.display());
 }
 
 fn main() -> anyhow::Result<()> {

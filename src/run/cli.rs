@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use decpo_alignment::train::session::{ReferenceMode, TrainSettings};
+use decpo_alignment::{LossType, Regularizer};
 
-use super::config::{DataConfig, RunConfig, SplitKind};
+use super::config::{DataConfig, RunConfig, SftPhase, SplitKind};
 
 /// The `[data]` flags (and the split seed, `[train] seed`): `train`, `evaluate` and `analyze`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -156,5 +157,87 @@ impl TrainArgs {
         t.accumulation = self.accumulation.unwrap_or(t.accumulation);
         t.save_every = self.save_every.unwrap_or(t.save_every);
         t.reference = self.reference.unwrap_or(t.reference);
+    }
+}
+
+/// The `[objective]`, `[lora]` and `[sft]` flags of `train`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MethodArgs {
+    /// sigmoid, ipo, hinge, simpo, sft.
+    #[arg(long, value_parser = parse_loss)]
+    pub loss: Option<LossType>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// paper, released, l1 or none.
+    #[arg(long)]
+    pub regularizer: Option<String>,
+    /// Regularizer weight λ.
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Layer of the regularized up_proj (0-based).
+    #[arg(long)]
+    pub dec_layer: Option<usize>,
+    /// Full fine-tuning instead of LoRA.
+    #[arg(long)]
+    pub no_lora: bool,
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// Steps of SFT before preference optimisation (0 = none).
+    #[arg(long)]
+    pub sft_steps: Option<usize>,
+}
+
+fn parse_loss(s: &str) -> Result<LossType, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown value `{s}` (sigmoid, ipo, hinge, simpo, sft)"))
+}
+
+impl MethodArgs {
+    /// Sets what the flags name, except the regularizer (see [`MethodArgs::apply_regularizer`]).
+    pub fn apply(&self, c: &mut RunConfig) {
+        c.objective.loss = self.loss.unwrap_or(c.objective.loss);
+        c.objective.beta = self.beta.unwrap_or(c.objective.beta);
+        if self.no_lora {
+            c.lora = None;
+        }
+        if let (Some(r), Some(l)) = (self.lora_rank, &mut c.lora) {
+            l.rank = r;
+        }
+        if let Some(steps) = self.sft_steps {
+            c.sft = match (steps, c.sft.take()) {
+                (0, _) => None,
+                (steps, Some(s)) => Some(SftPhase { steps, ..s }),
+                (steps, None) => Some(SftPhase {
+                    steps,
+                    learning_rate: 1e-4,
+                }),
+            };
+        }
+    }
+
+    /// Sets the regularizer once the model's depth is known (the default layer is ⌊n/3⌋). Without
+    /// a configuration file, DPO's sigmoid loss gets DecPO's regularizer: DecPO is the default.
+    pub fn apply_regularizer(
+        &self,
+        c: &mut RunConfig,
+        n_layers: usize,
+        from_file: bool,
+    ) -> anyhow::Result<()> {
+        let o = &mut c.objective;
+        if let Some(kind) = &self.regularizer {
+            o.regularizer = Regularizer::named(kind, n_layers / 3)
+                .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
+        } else if !from_file && o.regularizer.is_none() && o.loss == LossType::Sigmoid {
+            o.regularizer = Some(Regularizer::paper(n_layers));
+        }
+        if let Some(reg) = &mut o.regularizer {
+            if let Some(v) = self.dec_layer {
+                reg.set_layer(v);
+            }
+            if let Some(v) = self.lambda {
+                reg.set_lambda(v);
+            }
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! phase, preference optimisation, held-out evaluation and per-layer FD/AV before and after, the
 //! Hugging Face export and `summary.json`. Shared by `train` and `experiment`.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -9,7 +10,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use decpo_alignment::measure::{LayerMeasure, measure_layers};
 use decpo_alignment::train::data::PairSet;
-use decpo_alignment::train::run::{EvalPoint, ProbePoint};
+use decpo_alignment::train::run::{EvalPoint, ProbePoint, describe};
 use decpo_alignment::train::session::{RunSpec, TrainSettings, evaluate, train};
 use decpo_alignment::train::step::{StepSettings, StepValues};
 use decpo_alignment::{LossType, ObjectiveConfig};
@@ -124,6 +125,61 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// What `train` prints at the end: held-out results and FD/AV per layer before and after,
+    /// and where the run left its files (`out_dir`, the run directory).
+    pub fn describe(&self, resumed_from: Option<usize>, out_dir: &Path) -> String {
+        let mut out = String::new();
+        self.write_description(&mut out, resumed_from, out_dir)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn write_description(
+        &self,
+        out: &mut String,
+        resumed_from: Option<usize>,
+        out_dir: &Path,
+    ) -> std::fmt::Result {
+        writeln!(out, "\n== DecPO run: {} ==", self.model)?;
+        if let Some(k) = resumed_from {
+            writeln!(out, "resumed from checkpoint {k}")?;
+        }
+        writeln!(
+            out,
+            "{} optimizer steps in {:.1} s",
+            self.steps, self.seconds
+        )?;
+        let n = self.eval_after.pairs;
+        writeln!(out, "held-out pairs ({n}), against the reference:")?;
+        writeln!(out, "  before: {}", describe(&self.eval_before))?;
+        writeln!(out, "  after:  {}", describe(&self.eval_after))?;
+        let fmt = |v: &[LayerMeasure], f: fn(&LayerMeasure) -> f64| {
+            v.iter()
+                .map(|m| format!("{:.4}", f(m)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        writeln!(
+            out,
+            "FD per layer (held-out prompts, last token of up_proj):"
+        )?;
+        writeln!(out, "  before: {}", fmt(&self.layers_before, |m| m.fd))?;
+        writeln!(out, "  after:  {}", fmt(&self.layers_after, |m| m.fd))?;
+        writeln!(out, "AV per layer:")?;
+        writeln!(out, "  before: {}", fmt(&self.layers_before, |m| m.av))?;
+        writeln!(out, "  after:  {}", fmt(&self.layers_after, |m| m.av))?;
+        writeln!(out, "checkpoints: {}", self.checkpoints.display())?;
+        let exported = self.exported.display();
+        writeln!(
+            out,
+            "exported model (Hugging Face, LoRA merged): {exported}"
+        )?;
+        if let Some(a) = &self.adapters {
+            writeln!(out, "LoRA adapters (PEFT layout): {}", a.display())?;
+        }
+        writeln!(out, "summary: {}", out_dir.join("summary.json").display())
+    }
+
     /// Writes `<out>/summary.json`.
     pub fn save(&self, out: &Path) -> anyhow::Result<()> {
         let path = out.join("summary.json");

@@ -95,59 +95,12 @@ pub fn load_llama<B: Backend>(
     loader
         .unused
         .retain(|n| !n.ends_with("rotary_emb.inv_freq"));
-    let (q_out, kv_out) = (
-        c.num_attention_heads * c.head_dim,
-        c.num_key_value_heads * c.head_dim,
-    );
     let embed_tokens = Embedding {
         weight: loader.param(EMBED_TOKENS.0, [c.vocab_size, c.hidden_size])?,
     };
-    let (hidden, ff) = (c.hidden_size, c.intermediate_size);
-    // [d_in, d_out] of each projection, in the order of `PROJECTIONS`.
-    let shapes = [
-        (hidden, q_out),
-        (hidden, kv_out),
-        (hidden, kv_out),
-        (q_out, hidden),
-        (hidden, ff),
-        (hidden, ff),
-        (ff, hidden),
-    ];
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
-        let mut loaded = Vec::with_capacity(PROJECTIONS.len());
-        for (p, (d_in, d_out)) in PROJECTIONS.iter().zip(shapes) {
-            loaded.push(loader.projection(&p.weight(i), d_in, d_out)?);
-        }
-        let [
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            gate_proj,
-            up_proj,
-            down_proj,
-        ]: [Projection<B>; 7] = loaded.try_into().expect("one per name");
-        layers.push(LlamaDecoderLayer {
-            input_layernorm: loader.norm(&norm_weight(i, INPUT_LAYERNORM.0), c)?,
-            self_attn: LlamaAttention {
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                num_heads: c.num_attention_heads,
-                num_kv_heads: c.num_key_value_heads,
-                head_dim: c.head_dim,
-            },
-            post_attention_layernorm: loader
-                .norm(&norm_weight(i, POST_ATTENTION_LAYERNORM.0), c)?,
-            mlp: LlamaMlp {
-                gate_proj,
-                up_proj,
-                down_proj,
-            },
-        });
-    }
+    let layers = (0..c.num_hidden_layers)
+        .map(|i| loader.layer(i, c))
+        .collect::<Result<Vec<_>>>()?;
     let norm = loader.norm(NORM.0, c)?;
     let lm_head = if c.tie_word_embeddings {
         // Tied checkpoints sometimes still carry a copy of the embedding as lm_head.
@@ -197,6 +150,56 @@ struct Loader<'a, B: Backend> {
 }
 
 impl<B: Backend> Loader<'_, B> {
+    /// Decoder layer `i`: its two norms and seven projections.
+    fn layer(&mut self, i: usize, c: &LlamaConfig) -> Result<LlamaDecoderLayer<B>> {
+        let (q_out, kv_out) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let (hidden, ff) = (c.hidden_size, c.intermediate_size);
+        // [d_in, d_out] of each projection, in the order of `PROJECTIONS`.
+        let shapes = [
+            (hidden, q_out),
+            (hidden, kv_out),
+            (hidden, kv_out),
+            (q_out, hidden),
+            (hidden, ff),
+            (hidden, ff),
+            (ff, hidden),
+        ];
+        let mut loaded = Vec::with_capacity(PROJECTIONS.len());
+        for (p, (d_in, d_out)) in PROJECTIONS.iter().zip(shapes) {
+            loaded.push(self.projection(&p.weight(i), d_in, d_out)?);
+        }
+        let [
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            gate_proj,
+            up_proj,
+            down_proj,
+        ]: [Projection<B>; 7] = loaded.try_into().expect("one per name");
+        Ok(LlamaDecoderLayer {
+            input_layernorm: self.norm(&norm_weight(i, INPUT_LAYERNORM.0), c)?,
+            self_attn: LlamaAttention {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                num_heads: c.num_attention_heads,
+                num_kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
+            post_attention_layernorm: self.norm(&norm_weight(i, POST_ATTENTION_LAYERNORM.0), c)?,
+            mlp: LlamaMlp {
+                gate_proj,
+                up_proj,
+                down_proj,
+            },
+        })
+    }
+
     fn take<const D: usize>(&mut self, name: &str, expected: [usize; D]) -> Result<HostTensor> {
         if !self.unused.remove(name) {
             return Err(ModelError::MissingTensor {
