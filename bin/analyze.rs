@@ -17,8 +17,7 @@ use clap::Parser;
 
 use decpo::analysis::measures::{ModelAnalysis, analyze_model, fd_over_steps, write_outputs};
 use decpo::backend;
-use decpo::run::RunConfig;
-use decpo::run::cli::DataArgs;
+use decpo::run::cli::{ConfigArgs, DataArgs, config_of_models};
 
 #[derive(Parser, Debug)]
 #[command(about = "Per-layer FD / AV, top tokens and plots for one or more models")]
@@ -31,6 +30,8 @@ struct Args {
     name: Vec<String>,
     /// Which data, and how it is split: the first `--model` that is a run directory gives its
     /// own (`config.toml`) and these flags override it; else the flags on the defaults.
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Most prompts measured (SPEC: 1000).
@@ -84,13 +85,10 @@ fn main() -> anyhow::Result<()> {
     }
     let device = backend::device();
     // The prompts are tokenized and split as the run did, so that they are its held-out prompts.
-    let run = args
-        .model
-        .iter()
-        .find_map(|m| RunConfig::of_run(m).transpose())
-        .transpose()?;
-    let mut c = run.unwrap_or_default();
-    args.data.apply(&mut c);
+    let c = config_of_models(&args.model, &args.config, &args.data)?;
+    if args.config.printed(&c)? {
+        return Ok(());
+    }
     let mut analyses: Vec<ModelAnalysis> = Vec::new();
     for (i, path) in args.model.iter().enumerate() {
         let name = args.name.get(i).cloned();

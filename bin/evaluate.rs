@@ -16,15 +16,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use decpo::experiment::eval::{GenerationResult, JudgedGeneration, judge_generations, load_judge};
 use decpo::run::RunConfig;
 use decpo_alignment::evaluate::{evaluate_pairs, summarize};
-use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
+use decpo_alignment::judge::{Judge, JudgeQuestion};
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_datasets::TokenizedPair;
 use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
 
 use decpo::backend::{Backend, device};
-use decpo::run::cli::{DataArgs, config_of_model};
+use decpo::run::cli::{ConfigArgs, DataArgs, config_of_models};
 use decpo::run::data::{check_heldout, eos_id, prepare, resolve_model};
 
 #[derive(Parser, Debug)]
@@ -38,6 +39,8 @@ struct Args {
     reference: Option<PathBuf>,
     /// Which data, and how it is split: a run directory's own (`config.toml`) unless a flag
     /// says otherwise; else these flags on the defaults.
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Which pairs: `eval` (the held-out part, as `train` splits it) or `all`.
@@ -129,7 +132,7 @@ fn pairs(args: &Args, run: &RunConfig, tok: &LlamaTokenizer) -> anyhow::Result<V
     let eos = eos_id(tok, &args.policy.display().to_string())?;
     let prepared = prepare(&run.data, tok, eos, run.train.seed)?;
     eprint!("{}", prepared.summary);
-    if !args.data.changes_pairs() {
+    if !args.data.changes_pairs() && args.config.config.is_none() {
         check_heldout(&args.policy, &prepared.eval)?;
     }
     let mut pairs = if args.pairs == "all" {
@@ -150,8 +153,8 @@ fn pairs(args: &Args, run: &RunConfig, tok: &LlamaTokenizer) -> anyhow::Result<V
     Ok(pairs)
 }
 
-/// Generates from the first `--generate` prompts, has the judge answer each, writes every line to
-/// `--generations` and returns the summary.
+/// Generates from the first `--generate` prompts and has the judge answer each (every line in
+/// `--generations`).
 fn judged(
     args: &Args,
     judge_path: &Path,
@@ -159,41 +162,29 @@ fn judged(
     policy: &Llama<Backend>,
     tok: &LlamaTokenizer,
     pairs: &[TokenizedPair],
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<GenerationResult> {
     let question = JudgeQuestion::for_task(task).with_context(|| {
         format!(
             "--judge: task `{task}` has no judge question (toxicity-pairs, hh-rlhf, \
              cognitive-reframing, sycophancy-*)"
         )
     })?;
-    let (jm, jt) = load(judge_path)?;
-    let jt = jt.with_context(|| format!("{} has no tokenizer", judge_path.display()))?;
-    let judge = Judge::new(&jm, &jt, &device())?;
-    let sampling = SamplingConfig {
-        temperature: args.temperature,
-        top_p: 1.0,
-        seed: args.sampling_seed,
-    };
-    let judged = generate_and_judge(
-        policy,
-        tok,
-        pairs,
-        args.generate,
-        args.max_new_tokens,
-        &sampling,
+    let (jm, jt) = load_judge(judge_path)?;
+    let request = JudgedGeneration {
         question,
-        &judge,
-        &device(),
-        |j| eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes),
-    )?;
-    write_jsonl(&args.generations, &judged)?;
-    let (rate, p) = yes_rate(&judged);
-    Ok(serde_json::json!({
-        "prompts": judged.len(),
-        "yes_rate": rate,
-        "mean_p_yes": p,
-        "file": args.generations,
-    }))
+        prompts: args.generate,
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_p: 1.0,
+            seed: args.sampling_seed,
+        },
+        file: args.generations.clone(),
+    };
+    let judge = Judge::new(&jm, &jt, &device())?;
+    judge_generations(policy, tok, pairs, &judge, &request, |j| {
+        eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes)
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -204,7 +195,10 @@ fn main() -> anyhow::Result<()> {
     let (policy, tok) = load(&args.policy)?;
     let tok = tok.with_context(|| format!("{} has no tokenizer", args.policy.display()))?;
     let reference = load_reference(&args, &policy)?;
-    let run = config_of_model(&args.policy, &args.data)?;
+    let run = config_of_models(std::slice::from_ref(&args.policy), &args.config, &args.data)?;
+    if args.config.printed(&run)? {
+        return Ok(());
+    }
     let objective = objective(&args, &run, policy.config.num_hidden_layers)?;
     let pairs = pairs(&args, &run, &tok)?;
     let evals = evaluate_pairs(
@@ -224,8 +218,8 @@ fn main() -> anyhow::Result<()> {
 
     if args.json {
         let mut v = serde_json::json!({ "pairs": evals, "summary": summary });
-        if let Some(g) = generation {
-            v["generation"] = g;
+        if let Some(g) = &generation {
+            v["generation"] = serde_json::to_value(g)?;
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -246,9 +240,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(g) = generation {
         println!(
             "judged YES: {:.1} % of {} responses (every line in {})",
-            g["yes_rate"].as_f64().unwrap_or(f64::NAN) * 100.0,
-            g["prompts"],
-            args.generations.display()
+            g.yes_rate * 100.0,
+            g.prompts,
+            g.file.display()
         );
     }
     Ok(())

@@ -10,20 +10,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 
-use decpo::backend::{self, Autodiff, Backend, device};
+use decpo::backend::{self, Autodiff, device};
 use decpo::experiment::eval::{GenerationSettings, MethodResult, evaluate_method};
+use decpo::experiment::methods::{MethodWeights, Shared, parse_methods, train_and_evaluate};
 use decpo::experiment::report;
-use decpo::run::cli::{DataArgs, TrainArgs};
-use decpo::run::job::Launch;
+use decpo::run::cli::{ConfigArgs, DataArgs, TrainArgs};
 use decpo::run::{RunConfig, embedded, job};
-use decpo_model::Llama;
-
-/// The methods of the paper's Table 2.
-const METHODS: [&str; 5] = ["sft", "dpo", "simpo", "l1", "decpo"];
 
 #[derive(Parser, Debug)]
 #[command(about = "SFT, DPO, SimPO, L1-Reg and DecPO from one base model, evaluated side by side")]
@@ -31,6 +26,8 @@ struct Args {
     /// Base model: GGUF file or Hugging Face directory (absent: the embedded small Llama).
     #[arg(long)]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Report directory.
@@ -88,14 +85,15 @@ fn list<T: std::str::FromStr>(flag: &str, s: &str) -> anyhow::Result<Vec<T>> {
 }
 
 /// The shared configuration of every run, before the method is applied.
-fn base_config(args: &Args) -> RunConfig {
-    let mut c = match &args.model {
-        None => embedded::config(),
-        Some(m) => RunConfig {
-            model: Some(m.clone()),
-            ..RunConfig::authors()
-        },
+fn base_config(args: &Args) -> anyhow::Result<RunConfig> {
+    let mut c = match (args.config.read()?, &args.model) {
+        (Some(c), _) => c,
+        (None, None) => embedded::config(),
+        (None, Some(_)) => RunConfig::authors(),
     };
+    if args.model.is_some() {
+        c.model = args.model.clone();
+    }
     if args.no_lora {
         c.lora = None;
     }
@@ -104,100 +102,7 @@ fn base_config(args: &Args) -> RunConfig {
     c.objective.beta = args.beta.unwrap_or(c.objective.beta);
     // Every method starts from the same weights: no SFT phase inside the runs.
     c.sft = None;
-    c
-}
-
-/// The objective of `method` on top of the shared one.
-fn objective(method: &str, base: &ObjectiveConfig, args: &Args, layer: usize) -> ObjectiveConfig {
-    let with = |loss, regularizer| ObjectiveConfig {
-        loss,
-        regularizer,
-        ..base.clone()
-    };
-    // L1-Reg and DecPO: the SPEC's defaults at `layer`, with the weights given on the command line.
-    let regularized = |kind: &str, lambda: Option<f64>| {
-        let mut reg = Regularizer::named(kind, layer)
-            .expect("a known regularizer")
-            .expect("not none");
-        if let Some(l) = lambda {
-            reg.set_lambda(l);
-        }
-        with(LossType::Sigmoid, Some(reg))
-    };
-    match method {
-        "sft" => with(LossType::Sft, None),
-        "simpo" => with(LossType::Simpo, None),
-        "l1" => regularized("l1", args.l1_lambda),
-        "decpo" => regularized("paper", args.lambda),
-        _ => with(LossType::Sigmoid, None),
-    }
-}
-
-/// The methods of `--methods`, each one of [`METHODS`].
-fn methods(args: &Args) -> anyhow::Result<Vec<String>> {
-    let methods: Vec<String> = list("methods", &args.methods)?;
-    if let Some(bad) = methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-        bail!(
-            "--methods: unknown method `{bad}` (one of {})",
-            METHODS.join(", ")
-        );
-    }
-    Ok(methods)
-}
-
-/// What every method's run shares.
-struct Shared<'a> {
-    config: &'a RunConfig,
-    loaded: &'a job::Loaded<Autodiff>,
-    data: &'a job::JobData,
-    base: &'a Llama<Backend>,
-    layer: usize,
-    generation: &'a GenerationSettings,
-}
-
-/// Trains `method` with `seed` from the base model and evaluates it against the base.
-fn train_and_evaluate(
-    sh: &Shared,
-    args: &Args,
-    method: &str,
-    seed: u64,
-) -> anyhow::Result<MethodResult> {
-    let device = device();
-    let mut c = sh.config.clone();
-    c.out = args.out.join(format!("runs/{method}-s{seed}"));
-    c.train.seed = seed;
-    c.objective = objective(method, &sh.config.objective, args, sh.layer);
-    eprintln!("== {method} (seed {seed}): training");
-    let loaded = job::Loaded {
-        model: sh.loaded.model.clone(),
-        tok: sh.loaded.tok.clone(),
-        name: sh.loaded.name.clone(),
-    };
-    let data = job::JobData {
-        train: sh.data.train.clone(),
-        eval: sh.data.eval.clone(),
-        summary: String::new(),
-    };
-    let launch = Launch {
-        resume: false,
-        dashboard: false,
-        devices: std::slice::from_ref(&device),
-    };
-    let out = job::run::<Autodiff>(&c, loaded, data, &launch)?;
-    eprintln!("== {method} (seed {seed}): evaluating");
-    evaluate_method(
-        method,
-        seed,
-        &out.trained,
-        sh.base,
-        &sh.loaded.tok,
-        &sh.data.eval,
-        &c,
-        sh.layer,
-        sh.generation,
-        Some(out.summary),
-        &device,
-    )
+    Ok(c)
 }
 
 /// What the report says about how the experiment ran.
@@ -239,7 +144,7 @@ fn settings(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let methods = methods(&args)?;
+    let methods = parse_methods(&args.methods)?;
     let seeds: Vec<u64> = list("seeds", &args.seeds)?;
     if args.report_only {
         for f in report::rewrite(&args.out)? {
@@ -251,7 +156,10 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
 
-    let mut shared = base_config(&args);
+    let mut shared = base_config(&args)?;
+    if args.config.printed(&shared)? {
+        return Ok(());
+    }
     shared.out = args.out.join("runs/base");
     let loaded = job::load::<Autodiff>(&mut shared, &device)?;
     let n_layers = loaded.model.config.num_hidden_layers;
@@ -285,6 +193,11 @@ fn main() -> anyhow::Result<()> {
         &device,
     )?);
     let shared_run = Shared {
+        out: &args.out,
+        weights: MethodWeights {
+            decpo_lambda: args.lambda,
+            l1_lambda: args.l1_lambda,
+        },
         config: &shared,
         loaded: &loaded,
         data: &data,
@@ -294,7 +207,7 @@ fn main() -> anyhow::Result<()> {
     };
     for &seed in &seeds {
         for method in &methods {
-            results.push(train_and_evaluate(&shared_run, &args, method, seed)?);
+            results.push(train_and_evaluate(&shared_run, method, seed)?);
         }
     }
     let settings = settings(

@@ -16,19 +16,15 @@ use clap::Parser;
 use decpo_model::Precision;
 
 use decpo::backend::{self, Autodiff, device};
-use decpo::run::cli::{DataArgs, MethodArgs, TrainArgs};
+use decpo::run::cli::{ConfigArgs, DataArgs, MethodArgs, TrainArgs};
 use decpo::run::job::{self, Launch};
 use decpo::run::{RunConfig, embedded};
 
 #[derive(Parser, Debug)]
 #[command(about = "DPO / DecPO training of a Llama model on preference pairs")]
 struct Args {
-    /// TOML configuration (see --print-config for every field); flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    print_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Prepare and summarise the data, then exit.
     #[arg(long)]
     dry_run: bool,
@@ -60,7 +56,7 @@ struct Args {
 
 /// The configuration: embedded default job, or a file, or the authors' defaults; then flags.
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
-    let mut c = match &args.config {
+    let mut c = match &args.config.config {
         Some(path) => RunConfig::read(path)?,
         None if args.model.is_none() && args.data.data.is_empty() => embedded::config(),
         None => RunConfig::authors(),
@@ -92,10 +88,9 @@ fn run<B: AutodiffBackend>(
     args.method.apply_regularizer(
         &mut c,
         loaded.model.config.num_hidden_layers,
-        args.config.is_some(),
+        args.config.config.is_some(),
     )?;
-    if args.print_config {
-        print!("{}", toml::to_string(&c)?);
+    if args.config.printed(&c)? {
         return Ok(());
     }
     c.objective

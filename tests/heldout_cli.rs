@@ -63,6 +63,18 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
     assert_eq!(held_out, shuffled_heldout(7));
     assert_ne!(held_out, shuffled_heldout(42));
 
+    // What `evaluate` will run with is the run's configuration.
+    let out = run(
+        env!("CARGO_BIN_EXE_evaluate"),
+        &["--policy", "r", "--print-config"],
+        d,
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        printed,
+        std::fs::read_to_string(d.join("r/config.toml")).unwrap()
+    );
+
     // `evaluate` on the run directory alone: exactly those pairs, in that order.
     let out = run(
         env!("CARGO_BIN_EXE_evaluate"),

@@ -1,13 +1,16 @@
 //! Evaluation of one trained model (or the base): held-out pairs against the base model,
 //! FD/AV per layer with top tokens, and generation judged by a local model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use decpo_alignment::evaluate::{EvalSummary, evaluate_pairs, summarize};
-use decpo_alignment::judge::{Judge, JudgeQuestion, generate_and_judge, write_jsonl, yes_rate};
+use decpo_alignment::judge::{
+    Judge, JudgeQuestion, Judged, generate_and_judge, write_jsonl, yes_rate,
+};
 use decpo_alignment::train::data::PairSet;
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
+use decpo_datasets::TokenizedPair;
 use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
 use serde::{Deserialize, Serialize};
 
@@ -146,50 +149,88 @@ fn generate_and_judge_method(
 ) -> anyhow::Result<Option<GenerationResult>> {
     Ok(match generation_settings.question {
         Some(q) if generation_settings.prompts > 0 => {
-            let judge = match &generation_settings.judge {
-                Some(path) => {
-                    let p = load_pretrained::<Backend>(path, device)
-                        .with_context(|| format!("loading the judge {}", path.display()))?;
-                    let t = p
-                        .tokenizer
-                        .with_context(|| format!("{} has no tokenizer", path.display()))?;
-                    Some((p.model, t))
-                }
+            let loaded = match &generation_settings.judge {
+                Some(path) => Some(load_judge(path)?),
                 None => None,
             };
-            let (jm, jt) = match &judge {
+            let (jm, jt) = match &loaded {
                 Some((m, t)) => (m, t),
                 None => (base, tok),
             };
             let judge = Judge::new(jm, jt, device)?;
-            let sampling = SamplingConfig {
-                temperature: generation_settings.temperature,
-                top_p: 1.0,
-                seed,
+            let request = JudgedGeneration {
+                question: q,
+                prompts: generation_settings.prompts,
+                max_new_tokens: generation_settings.max_new_tokens,
+                sampling: SamplingConfig {
+                    temperature: generation_settings.temperature,
+                    top_p: 1.0,
+                    seed,
+                },
+                file: c.out.join("generations.jsonl"),
             };
-            let judged = generate_and_judge(
+            Some(judge_generations(
                 model,
                 tok,
                 &eval_set.pairs,
-                generation_settings.prompts,
-                generation_settings.max_new_tokens,
-                &sampling,
-                q,
                 &judge,
-                device,
+                &request,
                 |_| {},
-            )?;
-            let file = c.out.join("generations.jsonl");
-            write_jsonl(&file, &judged)?;
-            let (yes_rate, mean_p_yes) = yes_rate(&judged);
-            Some(GenerationResult {
-                prompts: judged.len(),
-                yes: judged.iter().filter(|j| j.answer == "YES").count(),
-                yes_rate,
-                mean_p_yes,
-                file,
-            })
+            )?)
         }
         _ => None,
+    })
+}
+
+/// A judged generation: the question the judge answers, how many prompts, how to decode, and
+/// where every (prompt, response, answer) line goes.
+pub struct JudgedGeneration {
+    pub question: JudgeQuestion,
+    pub prompts: usize,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    pub file: PathBuf,
+}
+
+/// A judge model and its tokenizer from a GGUF file or Hugging Face directory.
+pub fn load_judge(path: &Path) -> anyhow::Result<(Llama<Backend>, LlamaTokenizer)> {
+    let p = load_pretrained::<Backend>(path, &Default::default())
+        .with_context(|| format!("loading the judge {}", path.display()))?;
+    let t = p
+        .tokenizer
+        .with_context(|| format!("{} has no tokenizer", path.display()))?;
+    Ok((p.model, t))
+}
+
+/// Generates from the first `request.prompts` prompts of `pairs`, has `judge` answer each and
+/// writes every line to `request.file`; `progress` sees each answer as it comes.
+pub fn judge_generations(
+    model: &Llama<Backend>,
+    tok: &LlamaTokenizer,
+    pairs: &[TokenizedPair],
+    judge: &Judge<Backend>,
+    request: &JudgedGeneration,
+    progress: impl FnMut(&Judged),
+) -> anyhow::Result<GenerationResult> {
+    let judged = generate_and_judge(
+        model,
+        tok,
+        pairs,
+        request.prompts,
+        request.max_new_tokens,
+        &request.sampling,
+        request.question,
+        judge,
+        &Default::default(),
+        progress,
+    )?;
+    write_jsonl(&request.file, &judged)?;
+    let (yes_rate, mean_p_yes) = yes_rate(&judged);
+    Ok(GenerationResult {
+        prompts: judged.len(),
+        yes: judged.iter().filter(|j| j.answer == "YES").count(),
+        yes_rate,
+        mean_p_yes,
+        file: request.file.clone(),
     })
 }

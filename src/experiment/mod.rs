@@ -1,4 +1,5 @@
 //! The paper's comparison: every method trained from one base model, evaluated side by side.
 
 pub mod eval;
+pub mod methods;
 pub mod report;

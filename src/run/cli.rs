@@ -2,7 +2,7 @@
 //! named as its fields are (kebab-case): a flag given overrides the configuration's field, a flag
 //! left out keeps it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use decpo_alignment::train::session::{ReferenceMode, TrainSettings};
 use decpo_alignment::{LossType, Regularizer};
@@ -109,10 +109,22 @@ impl DataArgs {
     }
 }
 
-/// The configuration a model argument stands for: a `train` run directory's own
-/// (`config.toml`: its data, split and seed), else the defaults; then the data flags on top.
-pub fn config_of_model(model: &Path, flags: &DataArgs) -> anyhow::Result<RunConfig> {
-    let mut c = RunConfig::of_run(model)?.unwrap_or_default();
+/// The configuration a command on `models` runs with: `--config`'s, else the first model that is a
+/// `train` run directory's own (`config.toml`: its data, split and seed), else the defaults;
+/// then the data flags on top.
+pub fn config_of_models(
+    models: &[PathBuf],
+    file: &ConfigArgs,
+    flags: &DataArgs,
+) -> anyhow::Result<RunConfig> {
+    let run = match file.read()? {
+        Some(c) => Some(c),
+        None => models
+            .iter()
+            .find_map(|m| RunConfig::of_run(m).transpose())
+            .transpose()?,
+    };
+    let mut c = run.unwrap_or_default();
     flags.apply(&mut c);
     Ok(c)
 }
@@ -239,5 +251,32 @@ impl MethodArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// `--config` and `--print-config`, the same in every binary that runs from a configuration.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration (as `train --print-config` writes it, or a run's config.toml); flags
+    /// override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ConfigArgs {
+    /// The configuration file's, if one is given.
+    pub fn read(&self) -> anyhow::Result<Option<RunConfig>> {
+        self.config.as_deref().map(RunConfig::read).transpose()
+    }
+
+    /// With `--print-config`, prints `c` as TOML and returns true: the caller then stops.
+    pub fn printed(&self, c: &RunConfig) -> anyhow::Result<bool> {
+        if self.print_config {
+            print!("{}", toml::to_string(c)?);
+        }
+        Ok(self.print_config)
     }
 }
