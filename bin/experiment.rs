@@ -105,6 +105,17 @@ fn base_config(args: &Args) -> anyhow::Result<RunConfig> {
     Ok(c)
 }
 
+/// How every model's generations are judged.
+fn generation_settings(args: &Args, task: &str) -> GenerationSettings {
+    GenerationSettings {
+        question: decpo_alignment::judge::JudgeQuestion::for_task(task),
+        prompts: args.gen_prompts,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        judge: args.judge.clone(),
+    }
+}
+
 /// What the report says about how the experiment ran.
 #[allow(clippy::too_many_arguments)]
 fn settings(
@@ -169,13 +180,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.train_pairs {
         data.train.pairs.truncate(n);
     }
-    let generation_settings = GenerationSettings {
-        question: decpo_alignment::judge::JudgeQuestion::for_task(&shared.data.task),
-        prompts: args.gen_prompts,
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        judge: args.judge.clone(),
-    };
+    let generation_settings = generation_settings(&args, &shared.data.task);
     let base_model = burn::module::AutodiffModule::valid(&loaded.model);
     let mut results: Vec<MethodResult> = Vec::new();
     eprintln!("== base model: evaluating");
