@@ -4,23 +4,11 @@
 //! on the exported model) agree.
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod common;
+use common::run_ok;
 
 use serde_json::Value;
-
-fn run(bin: &str, args: &[&str], dir: &Path) -> Output {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "{bin} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -40,7 +28,7 @@ fn fds(layers: &Value) -> Vec<f64> {
 fn experiment_trains_every_method_and_the_measures_agree() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run(
+    run_ok(
         env!("CARGO_BIN_EXE_experiment"),
         &["--max-steps", "6", "--save-every", "3", "--out", "rep"],
         d,
@@ -108,7 +96,7 @@ fn experiment_trains_every_method_and_the_measures_agree() {
 
     // `analyze` on the exported DPO model and its run directory gives the experiment's numbers.
     let data = d.join("rep/runs/base/embedded-data/sort-digits.jsonl");
-    let out = run(
+    let out = run_ok(
         env!("CARGO_BIN_EXE_analyze"),
         &[
             "--model",
@@ -138,7 +126,7 @@ fn experiment_trains_every_method_and_the_measures_agree() {
     }
 
     // `evaluate` of the DPO model against itself: zero rewards, loss ln 2 on every pair.
-    let out = run(
+    let out = run_ok(
         env!("CARGO_BIN_EXE_evaluate"),
         &[
             "--policy",

@@ -2,27 +2,15 @@
 //! (its `config.toml`): a run held out by a seeded shuffle is evaluated on exactly the pairs it
 //! held out, and a data flag overrides the run's setting.
 
-use std::path::Path;
 use std::process::{Command, Output};
+
+mod common;
+use common::run_ok;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde_json::Value;
-
-fn run(bin: &str, args: &[&str], dir: &Path) -> Output {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "{bin} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The row numbers (1-based lines) of sources like "<file> line 17".
 fn lines<'a>(sources: impl Iterator<Item = &'a str>) -> Vec<usize> {
@@ -55,7 +43,7 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
     let flags = ["--sft-steps", "1", "--max-steps", "1", "--save-every", "1"];
     let mut args = vec!["--split", "shuffle", "--seed", "7", "--out", "r"];
     args.extend(flags);
-    run(env!("CARGO_BIN_EXE_train"), &args, d);
+    run_ok(env!("CARGO_BIN_EXE_train"), &args, d);
 
     // What the run says it held out is the seed-7 shuffle's last 10 %.
     let listed = std::fs::read_to_string(d.join("r/heldout.txt")).unwrap();
@@ -64,7 +52,7 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
     assert_ne!(held_out, shuffled_heldout(42));
 
     // What `evaluate` will run with is the run's configuration.
-    let out = run(
+    let out = run_ok(
         env!("CARGO_BIN_EXE_evaluate"),
         &["--policy", "r", "--print-config"],
         d,
@@ -76,7 +64,7 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
     );
 
     // `evaluate` on the run directory alone: exactly those pairs, in that order.
-    let out = run(
+    let out = run_ok(
         env!("CARGO_BIN_EXE_evaluate"),
         &["--policy", "r", "--json"],
         d,
@@ -84,7 +72,7 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
     assert_eq!(evaluated_rows(&out), held_out);
 
     // A flag overrides the run's setting: the file-order split holds out the last 60 rows.
-    let out = run(
+    let out = run_ok(
         env!("CARGO_BIN_EXE_evaluate"),
         &["--policy", "r", "--split", "file-order", "--json"],
         d,
@@ -92,7 +80,7 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
     assert_eq!(evaluated_rows(&out), (541..=600).collect::<Vec<_>>());
 
     // `analyze` on the run directory measures the held-out prompts: as many as the run held out.
-    let out = run(
+    let out = run_ok(
         env!("CARGO_BIN_EXE_analyze"),
         &["--model", "r", "--layers", "0", "--out", "an", "--json"],
         d,
@@ -126,7 +114,7 @@ fn a_run_whose_data_changed_is_refused_by_evaluate() {
         "--save-every",
         "1",
     ];
-    run(env!("CARGO_BIN_EXE_train"), &args, d);
+    run_ok(env!("CARGO_BIN_EXE_train"), &args, d);
     // Drop one row of the run's data file: the split the configuration gives now differs.
     let data = d.join("r/embedded-data/sort-digits.jsonl");
     let text = std::fs::read_to_string(&data).unwrap();

@@ -231,3 +231,19 @@ pub fn bits(w: &[Vec<f32>]) -> Vec<Vec<u32>> {
         .map(|t| t.iter().map(|v| v.to_bits()).collect())
         .collect()
 }
+
+/// Runs the binary `bin` with `args` in `dir` and returns its output; a failure names the
+/// command and shows its stderr.
+pub fn run_ok(bin: &str, args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{bin} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
