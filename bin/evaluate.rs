@@ -16,17 +16,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use decpo::experiment::eval::{GenerationResult, JudgedGeneration, judge_generations, load_judge};
+use decpo::experiment::eval::{GenerationResult, JudgedGeneration, judge_generations};
 use decpo::run::RunConfig;
 use decpo_alignment::evaluate::{evaluate_pairs, summarize};
 use decpo_alignment::judge::{Judge, JudgeQuestion};
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_datasets::TokenizedPair;
-use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
+use decpo_model::{Llama, LlamaTokenizer, SamplingConfig};
 
 use decpo::backend::{Backend, device};
-use decpo::run::cli::{ConfigArgs, DataArgs, config_of_models};
-use decpo::run::data::{check_heldout, eos_id, prepare, resolve_model};
+use decpo::run::cli::{ConfigArgs, DataArgs, config_name, config_of_models};
+use decpo::run::data::{check_heldout, eos_id, load_model, load_with_tokenizer, prepare};
 
 #[derive(Parser, Debug)]
 #[command(about = "Held-out rewards of a policy against a reference, and judged generations")]
@@ -53,8 +53,8 @@ struct Args {
     #[arg(long)]
     beta: Option<f64>,
     /// sigmoid, ipo, hinge, simpo or sft.
-    #[arg(long, default_value = "sigmoid")]
-    loss: String,
+    #[arg(long, default_value = "sigmoid", value_parser = config_name::<LossType>)]
+    loss: LossType,
     /// Regularizer whose value is reported per pair: paper, released, l1 or none.
     #[arg(long, default_value = "paper")]
     regularizer: String,
@@ -83,21 +83,12 @@ struct Args {
     json: bool,
 }
 
-fn load(
-    path: &std::path::Path,
-) -> anyhow::Result<(Llama<Backend>, Option<decpo_model::LlamaTokenizer>)> {
-    let resolved = resolve_model(path);
-    let p = load_pretrained::<Backend>(&resolved, &device())
-        .with_context(|| format!("loading {}", resolved.display()))?;
-    Ok((p.model, p.tokenizer))
-}
-
 /// The reference model (`--reference`), which must share the policy's token ids.
 fn load_reference(args: &Args, policy: &Llama<Backend>) -> anyhow::Result<Option<Llama<Backend>>> {
     let Some(r) = &args.reference else {
         return Ok(None);
     };
-    let (m, _) = load(r)?;
+    let (m, _, _) = load_model::<Backend>(r, &device())?;
     if m.config.vocab_size != policy.config.vocab_size {
         bail!(
             "{} has a vocabulary of {} tokens, the policy {}: they cannot share token ids",
@@ -115,12 +106,10 @@ fn objective(args: &Args, run: &RunConfig, n_layers: usize) -> anyhow::Result<Ob
     if layer >= n_layers {
         bail!("--dec-layer {layer}: the model has {n_layers} layers");
     }
-    let loss: LossType = serde_json::from_value(serde_json::Value::String(args.loss.clone()))
-        .map_err(|_| anyhow::anyhow!("--loss: unknown value `{}`", args.loss))?;
     let regularizer = Regularizer::named(&args.regularizer, layer)
         .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
     Ok(ObjectiveConfig {
-        loss,
+        loss: args.loss,
         beta: args.beta.unwrap_or(run.objective.beta),
         regularizer,
         ..ObjectiveConfig::default()
@@ -132,9 +121,7 @@ fn pairs(args: &Args, run: &RunConfig, tok: &LlamaTokenizer) -> anyhow::Result<V
     let eos = eos_id(tok, &args.policy.display().to_string())?;
     let prepared = prepare(&run.data, tok, eos, run.train.seed)?;
     eprint!("{}", prepared.summary);
-    if !args.data.changes_pairs() && args.config.config.is_none() {
-        check_heldout(&args.policy, &prepared.eval)?;
-    }
+    check_heldout(&args.policy, &run.data, run.train.seed, &prepared.eval)?;
     let mut pairs = if args.pairs == "all" {
         prepared.train.into_iter().chain(prepared.eval).collect()
     } else {
@@ -169,7 +156,7 @@ fn judged(
              cognitive-reframing, sycophancy-*)"
         )
     })?;
-    let (jm, jt) = load_judge(judge_path)?;
+    let (jm, jt, _) = load_with_tokenizer::<Backend>(judge_path, &device())?;
     let request = JudgedGeneration {
         question,
         prompts: args.generate,
@@ -182,7 +169,7 @@ fn judged(
         file: args.generations.clone(),
     };
     let judge = Judge::new(&jm, &jt, &device())?;
-    judge_generations(policy, tok, pairs, &judge, &request, |j| {
+    judge_generations(policy, tok, pairs, &judge, &request, &device(), |j| {
         eprintln!("[{}] {} (p_yes {:.3})", j.index, j.answer, j.p_yes)
     })
 }
@@ -192,8 +179,7 @@ fn main() -> anyhow::Result<()> {
     if !matches!(args.pairs.as_str(), "eval" | "all") {
         bail!("--pairs: `eval` or `all`, got `{}`", args.pairs);
     }
-    let (policy, tok) = load(&args.policy)?;
-    let tok = tok.with_context(|| format!("{} has no tokenizer", args.policy.display()))?;
+    let (policy, tok, _) = load_with_tokenizer::<Backend>(&args.policy, &device())?;
     let reference = load_reference(&args, &policy)?;
     let run = config_of_models(std::slice::from_ref(&args.policy), &args.config, &args.data)?;
     if args.config.printed(&run)? {

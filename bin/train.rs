@@ -56,23 +56,18 @@ struct Args {
 
 /// The configuration: embedded default job, or a file, or the authors' defaults; then flags.
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
-    let mut c = match &args.config.config {
-        Some(path) => RunConfig::read(path)?,
+    let mut c = match args.config.read()? {
+        Some(c) => c,
         None if args.model.is_none() && args.data.data.is_empty() => embedded::config(),
         None => RunConfig::authors(),
     };
-    macro_rules! set {
-        ($dst:expr, $src:expr) => {
-            if let Some(v) = $src.clone() {
-                $dst = v;
-            }
-        };
+    if let Some(out) = &args.out {
+        c.out.clone_from(out);
     }
-    set!(c.out, args.out);
     if args.model.is_some() {
-        c.model = args.model.clone();
+        c.model.clone_from(&args.model);
     }
-    set!(c.dtype, args.dtype);
+    c.dtype = args.dtype.unwrap_or(c.dtype);
     args.data.apply(&mut c);
     args.method.apply(&mut c);
     args.train.apply(&mut c);

@@ -9,14 +9,14 @@ use decpo_alignment::measure::{
     LayerMeasure, av_of_rows, fd_of_rows, last_token_activations, top_tokens,
 };
 use decpo_alignment::train::run::ProbePoint;
-use decpo_model::{Llama, LlamaTokenizer, load_pretrained};
+use decpo_model::{Llama, LlamaTokenizer};
 use serde::{Deserialize, Serialize};
 
 use plotters::prelude::SeriesLabelPosition;
 
 use super::plots::{Labels, Series, line_chart};
-use crate::run::DataConfig;
-use crate::run::data::{eos_id, prepare, resolve_model};
+use crate::run::data::{eos_id, load_with_tokenizer, prepare};
+use crate::run::{DataConfig, RunConfig};
 
 /// FD and AV of one layer, with its relative depth l / (L − 1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,12 +129,7 @@ pub fn analyze_model<B: Backend>(
     top_k: usize,
     device: &B::Device,
 ) -> anyhow::Result<ModelAnalysis> {
-    let resolved = resolve_model(path);
-    let p = load_pretrained::<B>(&resolved, device)
-        .with_context(|| format!("loading {}", resolved.display()))?;
-    let tok = p
-        .tokenizer
-        .with_context(|| format!("{} has no tokenizer", resolved.display()))?;
+    let (model, tok, resolved) = load_with_tokenizer::<B>(path, device)?;
     let name = name.unwrap_or_else(|| {
         path.file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -154,11 +149,11 @@ pub fn analyze_model<B: Backend>(
         .filter(|p| !p.is_empty())
         .take(n)
         .collect();
-    let layers = layers(p.model.config.num_hidden_layers)?;
+    let layers = layers(model.config.num_hidden_layers)?;
     analyze_loaded(
         name,
         resolved,
-        &p.model,
+        &model,
         &tok,
         &prompts,
         tok.pad_id(),
@@ -206,17 +201,11 @@ pub fn fd_over_steps(dir: &Path) -> anyhow::Result<RunCurve> {
         );
     }
     let n_layers = points[0].layers.len();
-    let config = dir.join("config.toml");
-    let dec_layer = std::fs::read_to_string(&config)
+    let dec_layer = RunConfig::of_run(dir)
         .ok()
-        .and_then(|t| toml::from_str::<toml::Value>(&t).ok())
-        .and_then(|v| {
-            v.get("objective")?
-                .get("regularizer")?
-                .get("layer")?
-                .as_integer()
-        })
-        .map_or(n_layers / 3, |l| l as usize);
+        .flatten()
+        .and_then(|c| c.objective.regularizer)
+        .map_or(n_layers / 3, |r| r.layer());
     let name = dir
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())

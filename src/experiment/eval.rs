@@ -1,7 +1,7 @@
 //! Evaluation of one trained model (or the base): held-out pairs against the base model,
 //! FD/AV per layer with top tokens, and generation judged by a local model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use decpo_alignment::evaluate::{EvalSummary, evaluate_pairs, summarize};
@@ -11,12 +11,13 @@ use decpo_alignment::judge::{
 use decpo_alignment::train::data::PairSet;
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_datasets::TokenizedPair;
-use decpo_model::{Llama, LlamaTokenizer, SamplingConfig, load_pretrained};
+use decpo_model::{Llama, LlamaTokenizer, SamplingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::measures::{ModelAnalysis, analyze_loaded};
 use crate::backend::Backend;
 use crate::run::RunConfig;
+use crate::run::data::load_with_tokenizer;
 use crate::run::job::{MEASURE_PROMPTS, Summary};
 
 /// How the generation eval runs.
@@ -150,11 +151,13 @@ fn generate_and_judge_method(
     Ok(match generation_settings.question {
         Some(q) if generation_settings.prompts > 0 => {
             let loaded = match &generation_settings.judge {
-                Some(path) => Some(load_judge(path)?),
+                Some(path) => Some(
+                    load_with_tokenizer::<Backend>(path, device).context("loading the judge")?,
+                ),
                 None => None,
             };
             let (jm, jt) = match &loaded {
-                Some((m, t)) => (m, t),
+                Some((m, t, _)) => (m, t),
                 None => (base, tok),
             };
             let judge = Judge::new(jm, jt, device)?;
@@ -175,6 +178,7 @@ fn generate_and_judge_method(
                 &eval_set.pairs,
                 &judge,
                 &request,
+                device,
                 |_| {},
             )?)
         }
@@ -192,16 +196,6 @@ pub struct JudgedGeneration {
     pub file: PathBuf,
 }
 
-/// A judge model and its tokenizer from a GGUF file or Hugging Face directory.
-pub fn load_judge(path: &Path) -> anyhow::Result<(Llama<Backend>, LlamaTokenizer)> {
-    let p = load_pretrained::<Backend>(path, &Default::default())
-        .with_context(|| format!("loading the judge {}", path.display()))?;
-    let t = p
-        .tokenizer
-        .with_context(|| format!("{} has no tokenizer", path.display()))?;
-    Ok((p.model, t))
-}
-
 /// Generates from the first `request.prompts` prompts of `pairs`, has `judge` answer each and
 /// writes every line to `request.file`; `progress` sees each answer as it comes.
 pub fn judge_generations(
@@ -210,6 +204,7 @@ pub fn judge_generations(
     pairs: &[TokenizedPair],
     judge: &Judge<Backend>,
     request: &JudgedGeneration,
+    device: &<Backend as burn::tensor::backend::BackendTypes>::Device,
     progress: impl FnMut(&Judged),
 ) -> anyhow::Result<GenerationResult> {
     let judged = generate_and_judge(
@@ -221,7 +216,7 @@ pub fn judge_generations(
         &request.sampling,
         request.question,
         judge,
-        &Default::default(),
+        device,
         progress,
     )?;
     write_jsonl(&request.file, &judged)?;

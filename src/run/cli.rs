@@ -48,37 +48,6 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// Whether any flag changes which pairs are read or how they are split.
-    pub fn changes_pairs(&self) -> bool {
-        let Self {
-            task,
-            data,
-            eval_data,
-            prompt_column,
-            chosen_column,
-            rejected_column,
-            skip_invalid,
-            max_prompt_length,
-            max_length,
-            split,
-            eval_fraction,
-            cache_dir: _,
-            seed,
-        } = self;
-        task.is_some()
-            || !data.is_empty()
-            || !eval_data.is_empty()
-            || prompt_column.is_some()
-            || chosen_column.is_some()
-            || rejected_column.is_some()
-            || *skip_invalid
-            || max_prompt_length.is_some()
-            || max_length.is_some()
-            || split.is_some()
-            || eval_fraction.is_some()
-            || seed.is_some()
-    }
-
     /// Sets the fields of `c` that a flag names.
     pub fn apply(&self, c: &mut RunConfig) {
         let d: &mut DataConfig = &mut c.data;
@@ -149,13 +118,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub save_every: Option<usize>,
     /// precomputed, frozen or lora-off.
-    #[arg(long, value_parser = parse_reference)]
+    #[arg(long, value_parser = config_name::<ReferenceMode>)]
     pub reference: Option<ReferenceMode>,
 }
 
-fn parse_reference(s: &str) -> Result<ReferenceMode, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown value `{s}` (precomputed, frozen, lora-off)"))
+/// A flag's value read by the name the configuration file uses for it (`sigmoid`, `lora-off`,
+/// ...); serde's error lists the names it knows.
+pub fn config_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
 }
 
 impl TrainArgs {
@@ -176,7 +146,7 @@ impl TrainArgs {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct MethodArgs {
     /// sigmoid, ipo, hinge, simpo, sft.
-    #[arg(long, value_parser = parse_loss)]
+    #[arg(long, value_parser = config_name::<LossType>)]
     pub loss: Option<LossType>,
     #[arg(long)]
     pub beta: Option<f64>,
@@ -197,11 +167,6 @@ pub struct MethodArgs {
     /// Steps of SFT before preference optimisation (0 = none).
     #[arg(long)]
     pub sft_steps: Option<usize>,
-}
-
-fn parse_loss(s: &str) -> Result<LossType, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown value `{s}` (sigmoid, ipo, hinge, simpo, sft)"))
 }
 
 impl MethodArgs {

@@ -124,6 +124,15 @@ impl DataConfig {
         Ok(())
     }
 
+    /// Whether `other` reads and splits the same pairs (everything but where the cache is).
+    pub fn same_pairs(&self, other: &DataConfig) -> bool {
+        let key = |d: &DataConfig| DataConfig {
+            cache_dir: None,
+            ..d.clone()
+        };
+        key(self) == key(other)
+    }
+
     pub(crate) fn task(&self) -> anyhow::Result<Task> {
         let mut task = Task::from_name(&self.task).with_context(|| {
             format!(

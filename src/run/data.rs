@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use burn::tensor::backend::Backend;
 use decpo_datasets::cache;
 use decpo_datasets::{
     LengthStats, SplitRule, Task, TokenizeConfig, TokenizeReport, TokenizedPair, load_pairs, split,
     tokenize_pairs,
 };
-use decpo_model::LlamaTokenizer;
+use decpo_model::{Llama, LlamaTokenizer, load_pretrained};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::config::{DataConfig, SplitKind};
+use super::config::{DataConfig, RunConfig, SplitKind};
+use super::job::SUMMARY_FILE;
 
 /// Everything read from one file.
 struct FileData {
@@ -232,11 +234,33 @@ fn write_lengths_and_example(
 /// directory, which stands for the model it exported (`<run>/model`).
 pub fn resolve_model(path: &Path) -> PathBuf {
     let exported = path.join("model");
-    if path.join("summary.json").is_file() && exported.is_dir() {
+    if path.join(SUMMARY_FILE).is_file() && exported.is_dir() {
         exported
     } else {
         path.to_path_buf()
     }
+}
+
+/// Loads a model path as the binaries take it (see [`resolve_model`]): the model, its tokenizer
+/// if it has one, and the path it was read from.
+pub fn load_model<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> anyhow::Result<(Llama<B>, Option<LlamaTokenizer>, PathBuf)> {
+    let resolved = resolve_model(path);
+    let p = load_pretrained::<B>(&resolved, device)
+        .with_context(|| format!("loading {}", resolved.display()))?;
+    Ok((p.model, p.tokenizer, resolved))
+}
+
+/// As [`load_model`], for a model that must come with its tokenizer.
+pub fn load_with_tokenizer<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> anyhow::Result<(Llama<B>, LlamaTokenizer, PathBuf)> {
+    let (model, tok, resolved) = load_model(path, device)?;
+    let tok = tok.with_context(|| format!("{} has no tokenizer", resolved.display()))?;
+    Ok((model, tok, resolved))
 }
 
 /// The file of a run directory that lists the pairs it held out, one source (file and row) a line.
@@ -249,9 +273,22 @@ pub fn write_heldout(dir: &Path, eval: &[TokenizedPair]) -> anyhow::Result<()> {
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Checks that `eval` are the pairs the run in `dir` held out, when it lists them: the same
-/// configuration must give the same split, so a difference means the data files changed.
-pub fn check_heldout(dir: &Path, eval: &[TokenizedPair]) -> anyhow::Result<()> {
+/// Checks that `eval`, read and split by `data` and `seed`, are the pairs the run in `dir` held
+/// out, when `dir` is a run that lists them and `data` and `seed` are its own: the same
+/// configuration must give the same split, so a difference means the data files changed. Other
+/// data or another seed (flags, another configuration file) choose other pairs on purpose.
+pub fn check_heldout(
+    dir: &Path,
+    data: &DataConfig,
+    seed: u64,
+    eval: &[TokenizedPair],
+) -> anyhow::Result<()> {
+    let Some(own) = RunConfig::of_run(dir)? else {
+        return Ok(());
+    };
+    if !own.data.same_pairs(data) || own.train.seed != seed {
+        return Ok(());
+    }
     let path = dir.join(HELDOUT_FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());

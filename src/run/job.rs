@@ -105,6 +105,9 @@ pub fn layer_measures<B: Backend>(
     )
 }
 
+/// The file of a run directory that holds its [`Summary`].
+pub const SUMMARY_FILE: &str = "summary.json";
+
 #[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct Summary {
     pub model: String,
@@ -177,12 +180,12 @@ impl Summary {
         if let Some(a) = &self.adapters {
             writeln!(out, "LoRA adapters (PEFT layout): {}", a.display())?;
         }
-        writeln!(out, "summary: {}", out_dir.join("summary.json").display())
+        writeln!(out, "summary: {}", out_dir.join(SUMMARY_FILE).display())
     }
 
     /// Writes `<out>/summary.json`.
     pub fn save(&self, out: &Path) -> anyhow::Result<()> {
-        let path = out.join("summary.json");
+        let path = out.join(SUMMARY_FILE);
         std::fs::write(&path, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))
     }
@@ -270,7 +273,8 @@ pub fn run<B: AutodiffBackend>(
     let trained = result.policy;
     let (eval_after, layers_after) = held_out(&trained);
 
-    let (exported, adapters) = export(c, &trained, &tok, &model_name)?;
+    let merged = trained.merge_lora();
+    let (exported, adapters) = export(c, &trained, &merged, &tok, &model_name)?;
     let summary = Summary {
         model: model_name,
         steps: result.report.steps_done,
@@ -289,7 +293,7 @@ pub fn run<B: AutodiffBackend>(
     Ok(JobOutput {
         summary,
         initial,
-        trained: trained.merge_lora(),
+        trained: merged,
         resumed_from: result.resumed_from,
     })
 }
@@ -336,16 +340,17 @@ fn sft_phase<B: AutodiffBackend>(
     Ok(Llama::from_inner(result.policy.merge_lora()))
 }
 
-/// Writes the trained model as a Hugging Face directory (LoRA merged) and, with LoRA, the
-/// adapters in PEFT's layout; returns both places.
+/// Writes the trained model as a Hugging Face directory (`merged`: its adapters folded in) and,
+/// with LoRA, the adapters of `trained` in PEFT's layout; returns both places.
 fn export<B: Backend>(
     c: &RunConfig,
     trained: &Llama<B>,
+    merged: &Llama<B>,
     tok: &LlamaTokenizer,
     model_name: &str,
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let exported = c.out.join("model");
-    save_hf_dir(&trained.merge_lora(), Some(tok), &exported)?;
+    save_hf_dir(merged, Some(tok), &exported)?;
     let adapters = match &c.lora {
         Some(l) => {
             let dir = c.out.join("adapters");
