@@ -5,17 +5,19 @@
 //!
 //! cargo run --release --bin analyze -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --model runs/decpo --task cognitive-reframing \
-//!     --data ../shared/data/cognitive-reframing/reframing_dataset.csv --out analysis
+//!     --files ../shared/data/cognitive-reframing/reframing_dataset.csv --out analysis
 //!
 //! A `--model` is a GGUF file, a Hugging Face directory, or a `train` run directory (its exported
 //! `model/`). Relative depth is l / (L − 1), so models of different depths share one axis.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 
-use decpo::analysis::measures::{ModelAnalysis, analyze_model, fd_over_steps, write_outputs};
+use decpo::analysis::measures::{
+    ModelAnalysis, analyze_model, fd_over_steps, parse_layers, write_outputs,
+};
 use decpo::backend;
 use decpo::run::cli::{ConfigArgs, DataArgs, config_of_models};
 
@@ -55,24 +57,6 @@ struct Args {
     /// Print `{"layers": [{"layer", "fd", "av"}, ...]}` (of the first model) to stdout.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_layers(spec: &str, n: usize) -> anyhow::Result<Vec<usize>> {
-    if spec == "all" {
-        return Ok((0..n).collect());
-    }
-    spec.split(',')
-        .map(|s| {
-            let l: usize = s
-                .trim()
-                .parse()
-                .with_context(|| format!("--layers: `{s}` is not a layer index"))?;
-            if l >= n {
-                bail!("--layers: layer {l} out of range (the model has {n})");
-            }
-            Ok(l)
-        })
-        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,24 +112,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for a in &analyses {
-            println!("== {} ({} prompts)", a.model, a.prompts);
-            println!("layer  rel.depth      FD          AV   top tokens of the most active neuron");
-            for (m, t) in a.layers.iter().zip(&a.top_tokens) {
-                println!(
-                    "{:>5}  {:>9.3}  {:>8.4}  {:>10.4}   n{}: {}",
-                    m.layer,
-                    m.relative_depth,
-                    m.fd,
-                    m.av,
-                    t.neuron,
-                    t.tokens
-                        .iter()
-                        .take(6)
-                        .map(|s| format!("{s:?}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
+            print!("{}", a.describe());
         }
     }
     Ok(())

@@ -4,21 +4,18 @@
 //! judge, measures FD/AV per layer, and writes one report (Markdown, plots, JSON).
 //!
 //! cargo run --release --bin experiment -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-//!     --task cognitive-reframing --data ../shared/data/cognitive-reframing/reframing_dataset.csv \
+//!     --task cognitive-reframing --files ../shared/data/cognitive-reframing/reframing_dataset.csv \
 //!     --max-steps 60 --out reports/smollm2-reframing
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::Parser;
 
-use decpo::backend::{self, Autodiff, device};
-use decpo::experiment::eval::{GenerationSettings, MethodResult, evaluate_method};
-use decpo::experiment::methods::{MethodWeights, Shared, parse_methods, train_and_evaluate};
+use decpo::experiment::methods::parse_methods;
 use decpo::experiment::report;
-use decpo::run::cli::{ConfigArgs, DataArgs, TrainArgs};
-use decpo::run::{RunConfig, embedded, job};
+use decpo::experiment::run::Experiment;
+use decpo::run::cli::{ConfigArgs, DataArgs, RegularizerArgs, TrainArgs};
+use decpo::run::{RunConfig, embedded};
 
 #[derive(Parser, Debug)]
 #[command(about = "SFT, DPO, SimPO, L1-Reg and DecPO from one base model, evaluated side by side")]
@@ -43,15 +40,12 @@ struct Args {
     train: TrainArgs,
     #[arg(long)]
     beta: Option<f64>,
-    /// DecPO's λ (paper mode).
-    #[arg(long)]
-    lambda: Option<f64>,
+    /// DecPO's regularizer (paper mode); L1-Reg reads the same layer, site and rows.
+    #[command(flatten)]
+    regularizer: RegularizerArgs,
     /// L1-Reg's λ₁.
     #[arg(long)]
     l1_lambda: Option<f64>,
-    /// The regularized layer of DecPO and L1-Reg (default ⌊L/3⌋).
-    #[arg(long)]
-    dec_layer: Option<usize>,
     /// Use only the first N training pairs (file order), for a smaller budget.
     #[arg(long)]
     train_pairs: Option<usize>,
@@ -105,127 +99,33 @@ fn base_config(args: &Args) -> anyhow::Result<RunConfig> {
     Ok(c)
 }
 
-/// How every model's generations are judged.
-fn generation_settings(args: &Args, task: &str) -> GenerationSettings {
-    GenerationSettings {
-        question: decpo_alignment::judge::JudgeQuestion::for_task(task),
-        prompts: args.gen_prompts,
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        judge: args.judge.clone(),
-    }
-}
-
-/// What the report says about how the experiment ran.
-#[allow(clippy::too_many_arguments)]
-fn settings(
-    args: &Args,
-    shared: &RunConfig,
-    data: &job::JobData,
-    model: &str,
-    layer: usize,
-    n_layers: usize,
-    seeds: Vec<u64>,
-    started: Instant,
-) -> anyhow::Result<report::Settings> {
-    Ok(report::Settings {
-        model: model.to_string(),
-        task: shared.data.task.clone(),
-        files: shared.data.files.clone(),
-        train_pairs: data.train.pairs.len(),
-        eval_pairs: data.eval.pairs.len(),
-        layer,
-        n_layers,
-        seeds,
-        config: toml::to_string(shared)?,
-        decpo_lambda: args.lambda.unwrap_or(1e-4),
-        l1_lambda: args.l1_lambda.unwrap_or(1e-4),
-        gen_prompts: args.gen_prompts,
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        judge: args.judge.as_ref().map_or_else(
-            || format!("{model} (the base model)"),
-            |j| j.display().to_string(),
-        ),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        minutes: started.elapsed().as_secs_f64() / 60.0,
-        backend: backend::name().into(),
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let methods = parse_methods(&args.methods)?;
     let seeds: Vec<u64> = list("seeds", &args.seeds)?;
-    if args.report_only {
-        for f in report::rewrite(&args.out)? {
-            println!("wrote {}", f.display());
+    let files = if args.report_only {
+        report::rewrite(&args.out)?
+    } else {
+        let config = base_config(&args)?;
+        if args.config.printed(&config)? {
+            return Ok(());
         }
-        return Ok(());
-    }
-    let device = device();
-    let started = Instant::now();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
-
-    let mut shared = base_config(&args)?;
-    if args.config.printed(&shared)? {
-        return Ok(());
-    }
-    shared.out = args.out.join("runs/base");
-    let loaded = job::load::<Autodiff>(&mut shared, &device)?;
-    let n_layers = loaded.model.config.num_hidden_layers;
-    let layer = args.dec_layer.unwrap_or(n_layers / 3);
-    let mut data = job::data(&shared, &loaded.tok, &loaded.name)?;
-    print!("{}", data.summary);
-    if let Some(n) = args.train_pairs {
-        data.train.pairs.truncate(n);
-    }
-    let generation_settings = generation_settings(&args, &shared.data.task);
-    let base_model = burn::module::AutodiffModule::valid(&loaded.model);
-    let mut results: Vec<MethodResult> = Vec::new();
-    eprintln!("== base model: evaluating");
-    results.push(evaluate_method(
-        "base",
-        0,
-        &base_model,
-        &base_model,
-        &loaded.tok,
-        &data.eval,
-        &shared,
-        layer,
-        &generation_settings,
-        None,
-        &device,
-    )?);
-    let shared_run = Shared {
-        out: &args.out,
-        weights: MethodWeights {
-            decpo_lambda: args.lambda,
+        Experiment {
+            out: args.out,
+            methods,
+            seeds,
+            config,
+            regularizer: args.regularizer,
             l1_lambda: args.l1_lambda,
-        },
-        config: &shared,
-        loaded: &loaded,
-        data: &data,
-        base: &base_model,
-        layer,
-        generation: &generation_settings,
-    };
-    for &seed in &seeds {
-        for method in &methods {
-            results.push(train_and_evaluate(&shared_run, method, seed)?);
+            train_pairs: args.train_pairs,
+            gen_prompts: args.gen_prompts,
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            judge: args.judge,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
         }
-    }
-    let settings = settings(
-        &args,
-        &shared,
-        &data,
-        &loaded.name,
-        layer,
-        n_layers,
-        seeds,
-        started,
-    )?;
-    let files = report::write(&args.out, &settings, &results)?;
+        .run()?
+    };
     for f in files {
         println!("wrote {}", f.display());
     }

@@ -3,7 +3,7 @@
 //!
 //! cargo run --release --bin train                      # the embedded default job (CPU, minutes)
 //! cargo run --release --bin train -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-//!     --task hh-rlhf --data ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --skip-invalid
+//!     --task hh-rlhf --files ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --skip-invalid
 //! cargo run --release --bin train -- --config run.toml --print-config
 //! cargo run --release --features cuda --bin train -- --devices cuda:0,cuda:1 --accumulation 8
 
@@ -58,7 +58,7 @@ struct Args {
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
     let mut c = match args.config.read()? {
         Some(c) => c,
-        None if args.model.is_none() && args.data.data.is_empty() => embedded::config(),
+        None if args.model.is_none() && args.data.files.is_empty() => embedded::config(),
         None => RunConfig::authors(),
     };
     if let Some(out) = &args.out {

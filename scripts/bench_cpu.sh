@@ -3,25 +3,25 @@
 # on the same work, printed as a markdown table with the burn/pytorch tokens/s ratio.
 #
 # Usage (from anywhere):
-#   scripts/bench_cpu.sh                       # --config all --batch 4 --seq 128, 2 threads
-#   CONFIG=tiny BATCH=2 SEQ=64 THREADS=2 scripts/bench_cpu.sh [extra args for both, e.g. --iters 5]
-#   CONFIG=tiny BATCH=2 SEQ=64 scripts/bench_cpu.sh --mode decpo_step --lora   # one DecPO step
+#   scripts/bench_cpu.sh                       # --preset all --batch 4 --seq 128, 2 threads
+#   PRESET=tiny BATCH=2 SEQ=64 THREADS=2 scripts/bench_cpu.sh [extra args for both, e.g. --iters 5]
+#   PRESET=tiny BATCH=2 SEQ=64 scripts/bench_cpu.sh --mode decpo_step --lora   # one DecPO step
 # Both programs print one JSON line per case:
-#   {"impl":...,"config":...,"batch":B,"seq":T,"mode":...,"tokens_per_s":x,"ms_per_iter":y,"threads":n}
+#   {"impl":...,"preset":...,"batch":B,"seq":T,"mode":...,"tokens_per_s":x,"ms_per_iter":y,"threads":n}
 # decpo_step lines also carry "lora":true|false and "peak_rss_mib":m (BATCH = pairs there). The
 # table gets a lora column and per-program peak-RSS columns when any line has those fields
 # ("n/a" where one side lacks them); a line without "lora" counts as lora=false. Peak RSS is the
-# process peak, so it is only clean with one config and one mode per run.
+# process peak, so it is only clean with one preset and one mode per run.
 # Raw JSON lines are kept in $OUT_DIR (default: a temp dir, path printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-CONFIG=${CONFIG:-all}
+PRESET=${PRESET:-all}
 BATCH=${BATCH:-4}
 SEQ=${SEQ:-128}
 THREADS=${THREADS:-2}
 OUT_DIR=${OUT_DIR:-$(mktemp -d)}
-common=(--config "$CONFIG" --batch "$BATCH" --seq "$SEQ")
+common=(--preset "$PRESET" --batch "$BATCH" --seq "$SEQ")
 
 echo "== decpo-burn: cargo run --release --bin bench -- ${common[*]} $*" >&2
 RAYON_NUM_THREADS=$THREADS cargo run --release --bin bench -- "${common[@]}" "$@" >"$OUT_DIR/burn.jsonl"
@@ -50,7 +50,7 @@ def load(path):
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        rows[(r["config"], r["mode"], r["batch"], r["seq"], bool(r.get("lora", False)))] = r
+        rows[(r["preset"], r["mode"], r["batch"], r["seq"], bool(r.get("lora", False)))] = r
     return rows
 
 burn, torch_ = load(sys.argv[1]), load(sys.argv[2])
@@ -61,7 +61,7 @@ show_lora = any("lora" in r for r in everything)
 show_rss = any("peak_rss_mib" in r for r in everything)
 def f(r, k):
     return f"{r[k]:.1f}" if r and k in r else "n/a"
-head = ["config", "mode"] + (["lora"] if show_lora else []) + ["batch", "seq", "burn tok/s",
+head = ["preset", "mode"] + (["lora"] if show_lora else []) + ["batch", "seq", "burn tok/s",
         "burn ms/iter", "pytorch tok/s", "pytorch ms/iter", "burn/pytorch"]
 align = ["---", "---"] + (["---"] if show_lora else []) + ["---:"] * 7
 if show_rss:

@@ -2,7 +2,7 @@
 """PyTorch baseline for the Rust `bench` binary, on the CPU or (--device cuda) a GPU.
 
 Makes: nothing on disk; prints ONE JSON line per case to stdout:
-  {"impl":"pytorch","config":"tiny"|"smollm2-135m","batch":B,"seq":T,
+  {"impl":"pytorch","preset":"tiny"|"smollm2-135m","batch":B,"seq":T,
    "mode":"forward"|"forward_backward","tokens_per_s":x,"ms_per_iter":y,"threads":n}
 and for --mode decpo_step two more fields:
   {..., "mode":"decpo_step","lora":true|false, ..., "peak_rss_mib":m}
@@ -60,8 +60,8 @@ Modes: --mode forward | forward_backward | decpo_step | all (all three, in that 
 and LoRA is put into the model in place (the model is rebuilt for the next config).
 
 Run (from the repository root):
-  python3 scripts/bench_torch.py --config all --batch 4 --seq 128 --iters 5 --warmup 2 --threads 2
-  python3 scripts/bench_torch.py --config tiny --batch 2 --seq 64 --mode decpo_step --lora
+  python3 scripts/bench_torch.py --preset all --batch 4 --seq 128 --iters 5 --warmup 2 --threads 2
+  python3 scripts/bench_torch.py --preset tiny --batch 2 --seq 64 --mode decpo_step --lora
 Requires: torch==2.15.0 transformers==5.23.0
 """
 
@@ -184,7 +184,7 @@ def bench_case(model, cfg_name, vocab, batch, seq, mode, iters, warmup, threads)
 
     sec = timed(step, iters, warmup, device)
     return {
-        "impl": "pytorch", "config": cfg_name, "batch": batch, "seq": seq, "mode": mode,
+        "impl": "pytorch", "preset": cfg_name, "batch": batch, "seq": seq, "mode": mode,
         "tokens_per_s": round(batch * seq / sec, 3), "ms_per_iter": round(sec * 1e3, 3),
         "threads": threads, **memory_fields(device),
     }
@@ -333,7 +333,7 @@ def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, thre
           f"{sum(p.numel() for p in trainable)}", file=sys.stderr)
     del ref_model, opt
     return {
-        "impl": "pytorch", "config": cfg_name, "batch": pairs, "seq": seq, "mode": "decpo_step",
+        "impl": "pytorch", "preset": cfg_name, "batch": pairs, "seq": seq, "mode": "decpo_step",
         "lora": lora, "tokens_per_s": round(rows * seq / sec, 3),
         "ms_per_iter": round(sec * 1e3, 3), "threads": threads,
         "peak_rss_mib": round(peak_rss_mib, 1), **memory_fields(device),
@@ -358,7 +358,7 @@ def check_grads(model, lora, adapter_params):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="all", choices=list(CONFIGS) + ["all"])
+    ap.add_argument("--preset", default="all", choices=list(CONFIGS) + ["all"])
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--dtype", default="f32", choices=list(DTYPES))
     ap.add_argument("--batch", type=int, default=4,
@@ -379,7 +379,7 @@ def main() -> None:
     device = torch.device(a.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False   # f32 means f32 on both sides
-    names = ["tiny", "smollm2-135m"] if a.config == "all" else [a.config]
+    names = ["tiny", "smollm2-135m"] if a.preset == "all" else [a.preset]
     if a.mode == "all":
         modes = list(ALL_MODES)
     elif a.mode:

@@ -5,10 +5,14 @@
 //!   embedded default job and the job itself (SFT, then preference optimisation, evaluation,
 //!   export);
 //! - [`analysis`]: FD/AV per layer, top tokens, their files and plots (`analyze`, `experiment`);
+//! - [`evaluate`]: a policy on its run's held-out pairs, and judged generations (`evaluate`);
 //! - [`experiment`]: the paper's comparison of methods and its report;
+//! - [`bench`]: the throughput benchmarks of `bench`;
 //! - [`backend`]: the concrete burn backend picked by cargo feature.
 
 pub mod analysis;
 pub mod backend;
+pub mod bench;
+pub mod evaluate;
 pub mod experiment;
 pub mod run;

@@ -12,7 +12,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
 use decpo_alignment::train::session::{RunSpec, train};
-use decpo_alignment::{ObjectiveConfig, Regularizer, objective};
+use decpo_alignment::{ObjectiveConfig, RegMode, Regularizer, objective};
 use decpo_model::{
     CompletionBatch, Llama, LoraConfig, Precision, load_pretrained, set_compute_dtype,
 };
@@ -48,6 +48,7 @@ fn batch(golden: &Value) -> CompletionBatch<FA> {
         input_ids: int_matrix::<FA>(&golden["batch"]["input_ids"]),
         attention_mask: int_matrix::<FA>(&golden["batch"]["attention_mask"]),
         completion_mask: int_matrix::<FA>(&golden["batch"]["completion_mask"]),
+        eos_mask: eos_mask::<FA>(golden),
     }
 }
 
@@ -148,7 +149,7 @@ fn lora_adapters_train_in_f32_on_a_bf16_model() {
     assert_eq!(adapter.lora_a.val().dtype(), DType::F32);
     assert_eq!(adapter.lora_b.val().dtype(), DType::F32);
     let config = ObjectiveConfig {
-        regularizer: Some(Regularizer::paper_at(1)),
+        regularizer: Some(Regularizer::new(RegMode::Paper, 1)),
         ..ObjectiveConfig::default()
     };
     let out = objective(&model, &batch(&golden), &reference(&golden), &config, 5);

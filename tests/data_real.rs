@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use common::*;
 use decpo_datasets::{
-    LengthStats, PreferenceBatch, SplitRule, Task, TokenizeConfig, TokenizedPair, Turns,
+    BatchIds, LengthStats, PreferenceBatch, SplitRule, Task, TokenizeConfig, TokenizedPair, Turns,
     load_pairs, split, tokenize_pairs,
 };
 use decpo_model::LlamaTokenizer;
@@ -182,7 +182,7 @@ fn batch_and_split_match_the_python_reference() {
     let loaded = load_pairs(&path, &Task::HhRlhf, true).unwrap();
     let (tokenized, _) = tokenize_pairs(tokenizer(), &loaded.pairs, &config(), |_| {}).unwrap();
     let first: Vec<&TokenizedPair> = tokenized.iter().take(3).collect();
-    let batch = PreferenceBatch::new(&first, 2);
+    let batch = PreferenceBatch::new(&first, BatchIds { pad: 2, eos: 2 });
     let want = &golden["batch"];
     assert_eq!(batch.input_ids, ints(&want["input_ids"]));
     assert_eq!(batch.attention_mask, ints(&want["attention_mask"]));

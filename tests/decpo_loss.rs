@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
-use decpo_alignment::{ObjectiveConfig, RegPosition, RegRows, Regularizer, objective};
+use decpo_alignment::{ObjectiveConfig, RegMode, Regularizer, Site, objective};
 use decpo_model::{CompletionBatch, Llama, load_pretrained};
 use serde_json::Value;
 
@@ -55,6 +55,7 @@ fn run(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
         input_ids: int_matrix::<AD>(&golden["batch"]["input_ids"]),
         attention_mask: int_matrix::<AD>(&golden["batch"]["attention_mask"]),
         completion_mask: int_matrix::<AD>(&golden["batch"]["completion_mask"]),
+        eos_mask: eos_mask::<AD>(golden),
     };
     let reference = PairLogps::from_rows(
         vec1(&golden["reference_logps"]["sum"]),
@@ -133,16 +134,21 @@ fn the_regularizer_gradient_reaches_dec_layer_and_below_only() {
         ..ObjectiveConfig::default()
     };
     let layer = 1;
-    for reg in [
-        Regularizer::Paper {
-            lambda: 0.5,
-            layer,
-            rows: RegRows::All,
-            position: RegPosition::Last,
-            normalize: true,
-        },
-        Regularizer::Released { lambda: 0.5, layer },
-    ] {
+    let at = |mode, site| Regularizer {
+        lambda: 0.5,
+        site,
+        ..Regularizer::new(mode, layer)
+    };
+    let mut regs: Vec<Regularizer> = [
+        Site::PromptLast,
+        Site::CompletionMean,
+        Site::CompletionLast,
+        Site::Eos,
+    ]
+    .map(|site| at(RegMode::Paper, site))
+    .to_vec();
+    regs.push(at(RegMode::Released, Site::Eos));
+    for reg in regs {
         let base = run(&golden, &plain, &names);
         let reg_run = run(&golden, &with(reg), &names);
         for ((name, a), (_, b)) in base.grads.iter().zip(&reg_run.grads) {

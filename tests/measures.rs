@@ -11,7 +11,7 @@ use common::*;
 use decpo_alignment::evaluate::{evaluate_pairs, summarize};
 use decpo_alignment::measure::{last_token_activations, measure_layers, top_tokens};
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
-use decpo_datasets::{Task, TokenizeConfig, load_pairs, tokenize_pairs};
+use decpo_datasets::{BatchIds, Task, TokenizeConfig, load_pairs, tokenize_pairs};
 use decpo_model::{Pretrained, load_pretrained};
 use serde_json::Value;
 
@@ -167,7 +167,7 @@ fn evaluate_log_probs_of_real_pairs_match_transformers() {
         &p.model,
         None,
         &pairs,
-        2,
+        BatchIds { pad: 2, eos: 2 },
         &objective,
         16,
         &Default::default(),

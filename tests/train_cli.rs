@@ -17,7 +17,15 @@ fn print_config_round_trips_through_a_toml_file() {
     for args in [
         vec!["--print-config"],
         // The regularizer set by flags.
-        vec!["--print-config", "--regularizer", "l1", "--dec-layer", "2"],
+        vec![
+            "--print-config",
+            "--regularizer",
+            "l1",
+            "--regularizer-layer",
+            "2",
+            "--regularizer-site",
+            "completion-last",
+        ],
     ] {
         let first = train(&args, dir.path());
         assert!(
@@ -26,6 +34,11 @@ fn print_config_round_trips_through_a_toml_file() {
             String::from_utf8_lossy(&first.stderr)
         );
         let text = String::from_utf8(first.stdout).unwrap();
+        if args.len() > 1 {
+            for field in ["mode = \"l1\"", "layer = 2", "site = \"completion-last\""] {
+                assert!(text.contains(field), "{field} not in {text}");
+            }
+        }
         let path = dir.path().join("run.toml");
         std::fs::write(&path, &text).unwrap();
         let again = train(&["--config", "run.toml", "--print-config"], dir.path());

@@ -31,125 +31,122 @@ pub enum Reduction {
 }
 
 /// Which sequences give rows to the feature matrix Z.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegRows {
     /// Every policy sequence of the micro-batch: 2B rows.
+    #[default]
     All,
     /// The chosen sequences only: B rows.
     Chosen,
 }
 
-/// Which token position gives a sequence's feature row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegPosition {
-    /// The last non-padding token.
-    Last,
-    /// The mean over completion tokens.
-    Mean,
+/// Which token of a sequence gives its feature row: the regularizer's *site* (SPEC section 3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Site {
+    /// The last prompt token: chosen and rejected share it, so one row per pair (the chosen
+    /// rows) whatever `rows` says. Where FD is measured.
+    PromptLast,
+    /// The mean over the completion's tokens, the final EOS excluded. (`mean` in configurations
+    /// written before sites, which included the EOS.)
+    #[serde(alias = "mean")]
+    CompletionMean,
+    /// The last completion token before the final EOS (the last token of a truncated
+    /// completion).
+    CompletionLast,
+    /// The last real token, i.e. the appended EOS. (`last` in configurations written before
+    /// sites.)
+    #[default]
+    #[serde(alias = "last")]
+    Eos,
 }
 
-/// The regularizer on the `mlp.up_proj` output of one decoder block.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Regularizer {
-    /// DecPO as in the paper: ‖ẐẐᵀ − I‖²_F over the chosen rows and position.
-    Paper {
-        lambda: f64,
-        layer: usize,
-        rows: RegRows,
-        position: RegPosition,
-        normalize: bool,
-    },
+/// What the regularizer computes from the feature rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegMode {
+    /// DecPO as in the paper: ‖ẐẐᵀ − I‖²_F over the rows at the site.
+    Paper,
     /// DecPO as the authors' released script computed it: even rows of [chosen; rejected],
-    /// padded position −1, A = |Z|, mean(AAᵀ − I).
-    Released { lambda: f64, layer: usize },
-    /// The paper's L1-Reg baseline: λ₁·mean_i Σ_f |z_if| at the paper mode's rows and position.
-    L1 {
-        lambda: f64,
-        layer: usize,
-        rows: RegRows,
-        position: RegPosition,
-    },
+    /// padded position −1, A = |Z|, mean(AAᵀ − I). Its rows and position are its own: `site`,
+    /// `rows` and `normalize` do not apply.
+    Released,
+    /// The paper's L1-Reg baseline: λ₁·mean_i Σ_f |z_if| over the rows at the site.
+    L1,
+}
+
+impl RegMode {
+    /// The names a configuration file and `--regularizer` use.
+    pub const NAMES: [&str; 3] = ["paper", "released", "l1"];
+
+    /// The weight SPEC section 3 gives the mode: paper 1e-4, released 1e-3, l1 1e-4.
+    pub fn default_lambda(self) -> f64 {
+        match self {
+            RegMode::Paper | RegMode::L1 => 1e-4,
+            RegMode::Released => 1e-3,
+        }
+    }
+}
+
+/// The regularizer on the `mlp.up_proj` output of one decoder block: what it computes (`mode`),
+/// its weight λ, the block (`layer`, 0-based) and where in each sequence it reads (`site`, `rows`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Regularizer {
+    #[serde(alias = "kind")]
+    pub mode: RegMode,
+    /// λ (λ₁ for `l1`).
+    pub lambda: f64,
+    pub layer: usize,
+    #[serde(default, alias = "position")]
+    pub site: Site,
+    #[serde(default)]
+    pub rows: RegRows,
+    /// Paper mode: rows L2-normalised first, so L = Σ_{i≠j} cos²(z_i, z_j).
+    #[serde(default = "yes")]
+    pub normalize: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Regularizer {
-    /// The paper's defaults for a model of `n_layers` layers: λ = 1e-4, layer ⌊n/3⌋, all rows,
-    /// last token, normalised.
-    pub fn paper(n_layers: usize) -> Self {
-        Self::paper_at(n_layers / 3)
-    }
-
-    /// The paper mode with its defaults at `layer`.
-    pub fn paper_at(layer: usize) -> Self {
-        Regularizer::Paper {
-            lambda: 1e-4,
+    /// `mode` at `layer` with SPEC section 3's defaults: the mode's λ, the `eos` site, all rows,
+    /// normalised.
+    pub fn new(mode: RegMode, layer: usize) -> Self {
+        Self {
+            mode,
+            lambda: mode.default_lambda(),
             layer,
-            rows: RegRows::All,
-            position: RegPosition::Last,
+            site: Site::default(),
+            rows: RegRows::default(),
             normalize: true,
         }
     }
 
-    /// A regularizer by name at `layer`, with the defaults of SPEC section 3: `paper` (λ 1e-4,
-    /// all rows, last token, normalised), `released` (λ 1e-3), `l1` (λ₁ 1e-4, all rows, last
-    /// token); `none` is `None`.
-    pub fn named(kind: &str, layer: usize) -> Result<Option<Self>> {
-        Ok(match kind {
-            "none" => None,
-            "paper" => Some(Self::paper_at(layer)),
-            "released" => Some(Regularizer::Released {
-                lambda: 1e-3,
-                layer,
-            }),
-            "l1" => Some(Regularizer::L1 {
-                lambda: 1e-4,
-                layer,
-                rows: RegRows::All,
-                position: RegPosition::Last,
-            }),
-            other => {
-                return Err(AlignError::setting(
+    /// The paper's regularizer for a model of `n_layers` layers: at layer ⌊n/3⌋, λ = 1e-4.
+    pub fn paper(n_layers: usize) -> Self {
+        Self::new(RegMode::Paper, n_layers / 3)
+    }
+
+    /// A regularizer by mode name at `layer` (see [`Regularizer::new`]); `none` is `None`.
+    pub fn named(mode: &str, layer: usize) -> Result<Option<Self>> {
+        if mode == "none" {
+            return Ok(None);
+        }
+        let mode: RegMode = serde_json::from_value(serde_json::Value::String(mode.into()))
+            .map_err(|_| {
+                AlignError::setting(
                     "regularizer",
-                    format!("unknown value `{other}` (paper, released, l1, none)"),
-                ));
-            }
-        })
-    }
-
-    /// Sets λ (λ₁ for `l1`).
-    pub fn set_lambda(&mut self, value: f64) {
-        match self {
-            Regularizer::Paper { lambda, .. }
-            | Regularizer::Released { lambda, .. }
-            | Regularizer::L1 { lambda, .. } => *lambda = value,
-        }
-    }
-
-    /// Sets the regularized layer.
-    pub fn set_layer(&mut self, value: usize) {
-        match self {
-            Regularizer::Paper { layer, .. }
-            | Regularizer::Released { layer, .. }
-            | Regularizer::L1 { layer, .. } => *layer = value,
-        }
-    }
-
-    pub fn layer(&self) -> usize {
-        match *self {
-            Regularizer::Paper { layer, .. }
-            | Regularizer::Released { layer, .. }
-            | Regularizer::L1 { layer, .. } => layer,
-        }
-    }
-
-    pub fn lambda(&self) -> f64 {
-        match *self {
-            Regularizer::Paper { lambda, .. }
-            | Regularizer::Released { lambda, .. }
-            | Regularizer::L1 { lambda, .. } => lambda,
-        }
+                    format!(
+                        "unknown mode `{mode}` ({}, none)",
+                        RegMode::NAMES.join(", ")
+                    ),
+                )
+            })?;
+        Ok(Some(Self::new(mode, layer)))
     }
 }
 
@@ -196,16 +193,16 @@ impl ObjectiveConfig {
             ));
         }
         if let Some(reg) = &self.regularizer {
-            if reg.layer() >= n_layers {
+            if reg.layer >= n_layers {
                 return Err(AlignError::setting(
                     "objective.regularizer.layer",
-                    format!("{} is not a layer of a {n_layers}-layer model", reg.layer()),
+                    format!("{} is not a layer of a {n_layers}-layer model", reg.layer),
                 ));
             }
-            if reg.lambda().is_nan() || reg.lambda() < 0.0 {
+            if reg.lambda.is_nan() || reg.lambda < 0.0 {
                 return Err(AlignError::setting(
                     "objective.regularizer.lambda",
-                    format!("must be >= 0, got {}", reg.lambda()),
+                    format!("must be >= 0, got {}", reg.lambda),
                 ));
             }
         }

@@ -5,7 +5,7 @@
 //! two sequences (for the paper mode with rows = all: 2·cos²(z_w, z_l)).
 
 use burn::tensor::{Tensor, backend::Backend};
-use decpo_datasets::batch::PreferenceBatch;
+use decpo_datasets::batch::{BatchIds, PreferenceBatch};
 use decpo_datasets::tokenize::TokenizedPair;
 use decpo_model::Llama;
 use serde::{Deserialize, Serialize};
@@ -70,7 +70,7 @@ pub fn evaluate_pairs<B: Backend>(
     policy: &Llama<B>,
     reference: Option<&Llama<B>>,
     pairs: &[TokenizedPair],
-    pad_id: u32,
+    ids: BatchIds,
     config: &ObjectiveConfig,
     logits_chunk: usize,
     device: &B::Device,
@@ -79,7 +79,7 @@ pub fn evaluate_pairs<B: Backend>(
     pairs
         .iter()
         .map(|pair| {
-            let batch = PreferenceBatch::new(&[pair], pad_id).to_tensors::<B>(device);
+            let batch = PreferenceBatch::new(&[pair], ids).to_tensors::<B>(device);
             let r = pair_logps(reference, &batch, logits_chunk);
             let out = objective(policy, &batch, &r, config, logits_chunk);
             let loss = preference_loss(&out.policy, &r, config).losses;

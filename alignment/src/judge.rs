@@ -8,6 +8,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use decpo_datasets::tokenize::TokenizedPair;
+use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{ChatMessage, Llama, LlamaTokenizer, SamplingConfig, generate};
 use serde::{Deserialize, Serialize};
 
@@ -256,9 +257,7 @@ pub fn write_jsonl(path: &std::path::Path, judged: &[Judged]) -> Result<()> {
         text += &serde_json::to_string(j).expect("judged lines serialise");
         text.push('\n');
     }
-    let partial = path.with_extension("jsonl.partial");
-    std::fs::write(&partial, text).map_err(err)?;
-    std::fs::rename(&partial, path).map_err(err)
+    write_file_atomically(path, text.as_bytes()).map_err(err)
 }
 
 /// Share of YES answers and mean p(YES).

@@ -10,6 +10,6 @@ pub mod measure;
 pub mod objective;
 pub mod train;
 
-pub use config::{LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer};
+pub use config::{LossType, ObjectiveConfig, Reduction, RegMode, RegRows, Regularizer, Site};
 pub use error::{AlignError, Result};
 pub use objective::{StepOutput, objective};

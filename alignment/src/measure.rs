@@ -12,7 +12,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use decpo_model::Llama;
 use serde::{Deserialize, Serialize};
 
-use crate::loss::decorrelation::{Activations, last_token_rows};
+use crate::loss::decorrelation::last_token_rows;
 
 /// FD and AV of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -68,12 +68,7 @@ pub fn last_token_activations<B: Backend>(
         let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, shape), device);
         let out = model.forward(ids, mask.clone(), layers);
         for (l, up_proj) in out.up_proj.into_iter().enumerate() {
-            let acts = Activations {
-                up_proj,
-                attention_mask: mask.clone(),
-                completion_mask: mask.clone(),
-            };
-            rows[l].push(last_token_rows(&acts));
+            rows[l].push(last_token_rows(up_proj, mask.clone()));
         }
     }
     rows.into_iter().map(|r| Tensor::cat(r, 0)).collect()

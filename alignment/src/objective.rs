@@ -6,7 +6,7 @@ use decpo_model::{CompletionBatch, Llama, completion_logps};
 
 use crate::config::ObjectiveConfig;
 use crate::loss::decorrelation::{
-    Activations, feature_decorrelation, last_token_rows, regularizer_value,
+    Activations, feature_decorrelation, regularizer_value, site_rows,
 };
 use crate::loss::preference::{PairLogps, preference_loss};
 
@@ -24,8 +24,8 @@ pub struct StepOutput<B: Backend> {
     pub rewards_rejected: Tensor<B, 1>,
     /// The policy's completion log-probs.
     pub policy: PairLogps<B>,
-    /// FD of the regularized layer on this batch's last real tokens (no gradient), when a
-    /// regularizer is set.
+    /// FD of the regularized layer at the regularizer's site and rows on this batch (no
+    /// gradient), when a regularizer is set.
     pub fd: Option<Tensor<B, 1>>,
 }
 
@@ -37,7 +37,7 @@ pub fn objective<B: Backend>(
     config: &ObjectiveConfig,
     logits_chunk: usize,
 ) -> StepOutput<B> {
-    let capture: Vec<usize> = config.regularizer.iter().map(|r| r.layer()).collect();
+    let capture: Vec<usize> = config.regularizer.iter().map(|r| r.layer).collect();
     let out = policy.forward(
         batch.input_ids.clone(),
         batch.attention_mask.clone(),
@@ -60,11 +60,12 @@ pub fn objective<B: Backend>(
                 up_proj,
                 attention_mask: batch.attention_mask.clone(),
                 completion_mask: batch.completion_mask.clone(),
+                eos_mask: batch.eos_mask.clone(),
             };
             let value = regularizer_value(reg, &acts);
-            let fd = feature_decorrelation(last_token_rows(&acts).detach());
+            let fd = feature_decorrelation(site_rows(&acts, reg.site, reg.rows).detach());
             (
-                loss_pref.clone() + value.clone() * reg.lambda(),
+                loss_pref.clone() + value.clone() * reg.lambda,
                 value,
                 Some(fd),
             )

@@ -22,19 +22,29 @@ pub struct PreferenceBatch {
     pub attention_mask: Vec<i64>,
     /// `[2B, T]`, 1 on completion tokens (EOS included), 0 on prompt and padding.
     pub completion_mask: Vec<i64>,
+    /// `[2B, T]`, 1 on a completion's final EOS (none when truncation cut it), 0 elsewhere.
+    pub eos_mask: Vec<i64>,
+}
+
+/// The special token ids a batch needs: what pads rows, and the EOS that ends completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchIds {
+    pub pad: u32,
+    pub eos: u32,
 }
 
 impl PreferenceBatch {
     /// Builds the batch of `pairs` (at least one).
-    pub fn new(pairs: &[&TokenizedPair], pad_id: u32) -> Self {
+    pub fn new(pairs: &[&TokenizedPair], ids: BatchIds) -> Self {
         let seq = pairs.iter().map(|p| p.max_len()).max().unwrap_or(0);
         let rows = 2 * pairs.len();
         let mut batch = Self {
             pairs: pairs.len(),
             seq,
-            input_ids: vec![pad_id as i64; rows * seq],
+            input_ids: vec![ids.pad as i64; rows * seq],
             attention_mask: vec![0; rows * seq],
             completion_mask: vec![0; rows * seq],
+            eos_mask: vec![0; rows * seq],
         };
         let chosen = pairs.iter().map(|p| (&p.prompt_ids, &p.chosen_ids));
         let rejected = pairs.iter().map(|p| (&p.prompt_ids, &p.rejected_ids));
@@ -44,6 +54,9 @@ impl PreferenceBatch {
                 batch.input_ids[start + t] = id as i64;
                 batch.attention_mask[start + t] = 1;
                 batch.completion_mask[start + t] = (t >= prompt.len()) as i64;
+            }
+            if completion.last() == Some(&ids.eos) {
+                batch.eos_mask[start + prompt.len() + completion.len() - 1] = 1;
             }
         }
         batch
@@ -57,6 +70,7 @@ impl PreferenceBatch {
             input_ids: t(&self.input_ids),
             attention_mask: t(&self.attention_mask),
             completion_mask: t(&self.completion_mask),
+            eos_mask: t(&self.eos_mask),
         }
     }
 }
@@ -98,20 +112,21 @@ mod tests {
             chosen_ids: vec![7, 2],
             rejected_ids: vec![8, 9, 2],
         };
+        // Pair b's rejected completion was truncated: it does not end with EOS (2).
         let b = TokenizedPair {
             source: "b".into(),
             prompt_ids: vec![4],
             chosen_ids: vec![2],
-            rejected_ids: vec![3, 2],
+            rejected_ids: vec![3, 4],
         };
-        let batch = PreferenceBatch::new(&[&a, &b], 0);
+        let batch = PreferenceBatch::new(&[&a, &b], BatchIds { pad: 0, eos: 2 });
         assert_eq!((batch.pairs, batch.seq), (2, 5));
         #[rustfmt::skip]
         assert_eq!(batch.input_ids, vec![
             5, 6, 7, 2, 0,
             4, 2, 0, 0, 0,
             5, 6, 8, 9, 2,
-            4, 3, 2, 0, 0,
+            4, 3, 4, 0, 0,
         ]);
         #[rustfmt::skip]
         assert_eq!(batch.completion_mask, vec![
@@ -119,6 +134,13 @@ mod tests {
             0, 1, 0, 0, 0,
             0, 0, 1, 1, 1,
             0, 1, 1, 0, 0,
+        ]);
+        #[rustfmt::skip]
+        assert_eq!(batch.eos_mask, vec![
+            0, 0, 0, 1, 0,
+            0, 1, 0, 0, 0,
+            0, 0, 0, 0, 1,
+            0, 0, 0, 0, 0,
         ]);
         assert_eq!(batch.attention_mask.iter().sum::<i64>(), 4 + 2 + 5 + 3);
     }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use decpo_model::weights::save::write_file_atomically;
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
@@ -56,12 +57,10 @@ pub fn store(path: &Path, pairs: &[TokenizedPair], report: &TokenizeReport) -> R
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let entry = Entry {
         pairs: pairs.to_vec(),
         report: report.clone(),
     };
     let text = serde_json::to_string(&entry).expect("tokenized pairs serialise");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    write_file_atomically(path, text.as_bytes()).map_err(io(path))
 }

@@ -12,7 +12,7 @@ pub mod summary;
 pub mod tasks;
 pub mod tokenize;
 
-pub use batch::{PreferenceBatch, epoch_batches};
+pub use batch::{BatchIds, PreferenceBatch, epoch_batches};
 pub use error::{DataError, Result};
 pub use pair::{Invalid, PreferencePair, Turns};
 pub use split::{SplitRule, split};

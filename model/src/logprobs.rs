@@ -14,6 +14,9 @@ pub struct CompletionBatch<B: Backend> {
     pub attention_mask: Tensor<B, 2, Int>,
     /// 1 on completion tokens, 0 on prompt and padding.
     pub completion_mask: Tensor<B, 2, Int>,
+    /// 1 on a completion's final EOS token (absent when the completion was truncated), 0
+    /// elsewhere: what the regularizer's sites leave out or point at.
+    pub eos_mask: Tensor<B, 2, Int>,
 }
 
 /// Per-sequence log-probabilities of the completion tokens.

@@ -136,47 +136,10 @@ impl LlamaTokenizer {
                 tokens.len()
             )));
         }
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
-        let merges = file
-            .get_strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| fail(format!("merge {i} `{m}` is not two tokens")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| fail(e.to_string()))?;
+        let bpe = gguf_bpe(file, &tokens).map_err(fail)?;
         let mut inner = Tokenizer::new(bpe);
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre: PreTokenizerWrapper = match file.get_str("tokenizer.ggml.pre").unwrap_or("default")
-        {
-            "default" | "gpt2" => byte_level.into(),
-            // SmolLM: every digit is its own pre-token, then GPT-2's byte-level split.
-            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            "llama-bpe" | "llama3" => {
-                let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_PATTERN.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| fail(e.to_string()))?;
-                Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])
-                .into()
-            }
-            other => return Err(fail(format!("pre-tokenizer `{other}` is not supported"))),
-        };
+        let pre = gguf_pre_tokenizer(file.get_str("tokenizer.ggml.pre").unwrap_or("default"))
+            .map_err(fail)?;
         inner.with_pre_tokenizer(Some(pre));
         inner.with_decoder(Some(DecoderWrapper::from(ByteLevel::default())));
         // Control (3) and user-defined (4) tokens are matched whole, before BPE.
@@ -310,4 +273,52 @@ impl LlamaTokenizer {
         let text = serde_json::to_string_pretty(&config).expect("JSON values serialise");
         std::fs::write(&path, text).map_err(io_err(&path))
     }
+}
+
+/// The byte-level BPE model of a GGUF file's vocabulary (`tokens`, by id) and merges.
+fn gguf_bpe(file: &GgufFile, tokens: &[&str]) -> std::result::Result<BPE, String> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let merges = file
+        .get_strings("tokenizer.ggml.merges")
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("merge {i} `{m}` is not two tokens"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The pre-tokenizer a GGUF file names in `tokenizer.ggml.pre`.
+fn gguf_pre_tokenizer(name: &str) -> std::result::Result<PreTokenizerWrapper, String> {
+    let byte_level = ByteLevel::new(false, true, true);
+    Ok(match name {
+        "default" | "gpt2" => byte_level.into(),
+        // SmolLM: every digit is its own pre-token, then GPT-2's byte-level split.
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
+        }
+        other => return Err(format!("pre-tokenizer `{other}` is not supported")),
+    })
 }

@@ -137,13 +137,13 @@ def main():
     peak = peak_of(name, a.dtype, a.peak_tflops)
     print(f"{name}, {a.dtype}, one DecPO step (policy fwd+bwd on chosen and rejected, "
           f"reference fwd, regularizer, clip, AdamW); peak {peak} TFLOP/s\n")
-    print("| config | train | pairs x seq | burn tok/s | PyTorch tok/s | ratio | burn ms | "
+    print("| preset | train | pairs x seq | burn tok/s | PyTorch tok/s | ratio | burn ms | "
           "PyTorch ms | burn MFU | PyTorch MFU | burn peak MiB | PyTorch peak MiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for config, pairs, seq, lora in CASES:
         if a.only and config != a.only:
             continue
-        common = ["--config", config, "--batch", str(pairs), "--seq", str(seq), "--mode",
+        common = ["--preset", config, "--batch", str(pairs), "--seq", str(seq), "--mode",
                   "decpo_step", "--dtype", a.dtype, "--iters", str(a.iters), "--warmup",
                   str(a.warmup)] + (["--lora"] if lora else [])
         tag = f"{config}-{'lora' if lora else 'full'}"
@@ -152,7 +152,7 @@ def main():
             [sys.executable, "scripts/bench_torch.py", "--device", "cuda"] + common,
             f"{a.out}/{tag}.torch.log", a.side_timeout)
         flops = step_flops(config, pairs, seq, lora)
-        row = {"config": config, "lora": lora, "pairs": pairs, "seq": seq, "dtype": a.dtype,
+        row = {"preset": config, "lora": lora, "pairs": pairs, "seq": seq, "dtype": a.dtype,
                "card": name, "step_tflop": flops / 1e12, "burn": burn, "torch": torch,
                "burn_peak_mib": burn_mem, "torch_peak_mib": torch_mem}
         for side, r in (("burn", burn), ("torch", torch)):
@@ -172,7 +172,7 @@ def print_row(r):
 
     b, t = r["burn"], r["torch"]
     ratio = f"{b['tokens_per_s'] / t['tokens_per_s']:.2f}x" if b and t else "n/a"
-    print(f"| {r['config']} | {'LoRA' if r['lora'] else 'full'} | {r['pairs']} x {r['seq']} "
+    print(f"| {r['preset']} | {'LoRA' if r['lora'] else 'full'} | {r['pairs']} x {r['seq']} "
           f"| {num(b, 'tokens_per_s', '.0f')} | {num(t, 'tokens_per_s', '.0f')} | {ratio} "
           f"| {num(b, 'ms_per_iter', '.1f')} | {num(t, 'ms_per_iter', '.1f')} "
           f"| {mfu('burn_mfu')} | {mfu('torch_mfu')} "

@@ -48,6 +48,46 @@ pub struct ModelAnalysis {
     pub top_tokens: Vec<TopTokenRow>,
 }
 
+impl ModelAnalysis {
+    /// The table `analyze` prints: FD, AV and the top tokens of the most active neuron per layer.
+    pub fn describe(&self) -> String {
+        let mut out = format!("== {} ({} prompts)\n", self.model, self.prompts);
+        out += "layer  rel.depth      FD          AV   top tokens of the most active neuron\n";
+        for (m, t) in self.layers.iter().zip(&self.top_tokens) {
+            let tokens: Vec<String> = t.tokens.iter().take(6).map(|s| format!("{s:?}")).collect();
+            out += &format!(
+                "{:>5}  {:>9.3}  {:>8.4}  {:>10.4}   n{}: {}\n",
+                m.layer,
+                m.relative_depth,
+                m.fd,
+                m.av,
+                t.neuron,
+                tokens.join(" ")
+            );
+        }
+        out
+    }
+}
+
+/// The layers of `--layers`: `all`, or a comma-separated list of 0-based indices below `n`.
+pub fn parse_layers(spec: &str, n: usize) -> anyhow::Result<Vec<usize>> {
+    if spec == "all" {
+        return Ok((0..n).collect());
+    }
+    spec.split(',')
+        .map(|s| {
+            let l: usize = s
+                .trim()
+                .parse()
+                .with_context(|| format!("--layers: `{s}` is not a layer index"))?;
+            if l >= n {
+                bail!("--layers: layer {l} out of range (the model has {n})");
+            }
+            Ok(l)
+        })
+        .collect()
+}
+
 fn relative_depth(layer: usize, n: usize) -> f64 {
     if n <= 1 {
         0.0
@@ -205,7 +245,7 @@ pub fn fd_over_steps(dir: &Path) -> anyhow::Result<RunCurve> {
         .ok()
         .flatten()
         .and_then(|c| c.objective.regularizer)
-        .map_or(n_layers / 3, |r| r.layer());
+        .map_or(n_layers / 3, |r| r.layer);
     let name = dir
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())

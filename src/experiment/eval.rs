@@ -63,22 +63,22 @@ pub fn evaluate_method(
     tok: &LlamaTokenizer,
     eval_set: &PairSet,
     c: &RunConfig,
-    layer: usize,
+    regularizer: &Regularizer,
     generation_settings: &GenerationSettings,
     train: Option<Summary>,
     device: &<Backend as burn::tensor::backend::BackendTypes>::Device,
 ) -> anyhow::Result<MethodResult> {
-    // DPO's view of every model, with the paper's regularizer value reported per pair.
+    // DPO's view of every model, with DecPO's regularizer value reported per pair.
     let objective = ObjectiveConfig {
         loss: LossType::Sigmoid,
-        regularizer: Some(Regularizer::paper_at(layer)),
+        regularizer: Some(*regularizer),
         ..c.objective.clone()
     };
     let pairs = evaluate_pairs(
         model,
         Some(base),
         &eval_set.pairs,
-        eval_set.pad_id,
+        eval_set.ids,
         &objective,
         c.train.logits_chunk,
         device,
@@ -101,7 +101,7 @@ pub fn evaluate_method(
         model,
         tok,
         &prompts,
-        eval_set.pad_id,
+        eval_set.ids.pad,
         &layers,
         10,
         device,

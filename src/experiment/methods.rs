@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::bail;
-use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
+use decpo_alignment::{LossType, ObjectiveConfig, RegMode, Regularizer};
 use decpo_model::Llama;
 
 use super::eval::{GenerationSettings, MethodResult, evaluate_method};
@@ -15,42 +15,45 @@ use crate::run::job::{self, Launch};
 /// The methods of the paper's Table 2.
 pub const METHODS: [&str; 5] = ["sft", "dpo", "simpo", "l1", "decpo"];
 
-/// The regularizer weights given for L1-Reg and DecPO (`None`: the SPEC's default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MethodWeights {
-    /// DecPO's λ (paper mode).
-    pub decpo_lambda: Option<f64>,
-    /// L1-Reg's λ₁.
-    pub l1_lambda: Option<f64>,
+/// The regularizers of L1-Reg and DecPO: DecPO's (paper mode) and L1-Reg's weight λ₁, L1-Reg
+/// reading the same layer, site and rows as DecPO.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodRegularizers {
+    pub decpo: Regularizer,
+    pub l1_lambda: f64,
+}
+
+impl MethodRegularizers {
+    /// The SPEC's defaults at `layer`.
+    pub fn new(layer: usize) -> Self {
+        Self {
+            decpo: Regularizer::new(RegMode::Paper, layer),
+            l1_lambda: RegMode::L1.default_lambda(),
+        }
+    }
 }
 
 /// The objective of `method` on top of the shared one.
 pub fn objective(
     method: &str,
     base: &ObjectiveConfig,
-    weights: MethodWeights,
-    layer: usize,
+    regs: MethodRegularizers,
 ) -> ObjectiveConfig {
     let with = |loss, regularizer| ObjectiveConfig {
         loss,
         regularizer,
         ..base.clone()
     };
-    // L1-Reg and DecPO: the SPEC's defaults at `layer`, with the weights given on the command line.
-    let regularized = |kind: &str, lambda: Option<f64>| {
-        let mut reg = Regularizer::named(kind, layer)
-            .expect("a known regularizer")
-            .expect("not none");
-        if let Some(l) = lambda {
-            reg.set_lambda(l);
-        }
-        with(LossType::Sigmoid, Some(reg))
+    let l1 = Regularizer {
+        mode: RegMode::L1,
+        lambda: regs.l1_lambda,
+        ..regs.decpo
     };
     match method {
         "sft" => with(LossType::Sft, None),
         "simpo" => with(LossType::Simpo, None),
-        "l1" => regularized("l1", weights.l1_lambda),
-        "decpo" => regularized("paper", weights.decpo_lambda),
+        "l1" => with(LossType::Sigmoid, Some(l1)),
+        "decpo" => with(LossType::Sigmoid, Some(regs.decpo)),
         _ => with(LossType::Sigmoid, None),
     }
 }
@@ -71,12 +74,11 @@ pub fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
 pub struct Shared<'a> {
     /// The experiment's directory: each run goes to `runs/<method>-s<seed>` in it.
     pub out: &'a Path,
-    pub weights: MethodWeights,
+    pub regularizers: MethodRegularizers,
     pub config: &'a RunConfig,
     pub loaded: &'a job::Loaded<Autodiff>,
     pub data: &'a job::JobData,
     pub base: &'a Llama<Backend>,
-    pub layer: usize,
     pub generation: &'a GenerationSettings,
 }
 
@@ -86,7 +88,7 @@ pub fn train_and_evaluate(sh: &Shared, method: &str, seed: u64) -> anyhow::Resul
     let mut c = sh.config.clone();
     c.out = sh.out.join(format!("runs/{method}-s{seed}"));
     c.train.seed = seed;
-    c.objective = objective(method, &sh.config.objective, sh.weights, sh.layer);
+    c.objective = objective(method, &sh.config.objective, sh.regularizers);
     eprintln!("== {method} (seed {seed}): training");
     let loaded = job::Loaded {
         model: sh.loaded.model.clone(),
@@ -113,7 +115,7 @@ pub fn train_and_evaluate(sh: &Shared, method: &str, seed: u64) -> anyhow::Resul
         &sh.loaded.tok,
         &sh.data.eval,
         &c,
-        sh.layer,
+        &sh.regularizers.decpo,
         sh.generation,
         Some(out.summary),
         &device,

@@ -1,11 +1,15 @@
 //! Command-line sections shared by the binaries, each the flags of one part of [`RunConfig`]
 //! named as its fields are (kebab-case): a flag given overrides the configuration's field, a flag
-//! left out keeps it.
+//! left out keeps it. Fields of `[data]`, `[train]` and `[objective]` are flags by their own
+//! name (`--files`, `--learning-rate`, `--beta`); fields of the optional tables carry the
+//! table's name (`--lora-rank`, `--sft-steps`, `--regularizer-lambda`, `--regularizer-site`).
+//! A few older spellings stay as hidden aliases (`--data`, `--eval-data`, `--lambda`,
+//! `--dec-layer`) so recorded commands still run.
 
 use std::path::PathBuf;
 
 use decpo_alignment::train::session::{ReferenceMode, TrainSettings};
-use decpo_alignment::{LossType, Regularizer};
+use decpo_alignment::{LossType, RegRows, Regularizer, Site};
 
 use super::config::{DataConfig, RunConfig, SftPhase, SplitKind};
 
@@ -17,11 +21,11 @@ pub struct DataArgs {
     #[arg(long)]
     pub task: Option<String>,
     /// Preference files (JSONL, JSON, CSV, Parquet, optionally gzipped); each is split on its own.
-    #[arg(long, num_args = 1..)]
-    pub data: Vec<PathBuf>,
-    /// Evaluation files; when given, all of --data trains.
-    #[arg(long, num_args = 1..)]
-    pub eval_data: Vec<PathBuf>,
+    #[arg(long, num_args = 1.., alias = "data")]
+    pub files: Vec<PathBuf>,
+    /// Evaluation files; when given, all of --files trains.
+    #[arg(long, num_args = 1.., alias = "eval-data")]
+    pub eval_files: Vec<PathBuf>,
     #[arg(long)]
     pub prompt_column: Option<String>,
     #[arg(long)]
@@ -60,11 +64,11 @@ impl DataArgs {
         set(&mut d.prompt_column, &self.prompt_column);
         set(&mut d.chosen_column, &self.chosen_column);
         set(&mut d.rejected_column, &self.rejected_column);
-        if !self.data.is_empty() {
-            d.files.clone_from(&self.data);
+        if !self.files.is_empty() {
+            d.files.clone_from(&self.files);
         }
-        if !self.eval_data.is_empty() {
-            d.eval_files.clone_from(&self.eval_data);
+        if !self.eval_files.is_empty() {
+            d.eval_files.clone_from(&self.eval_files);
         }
         d.skip_invalid |= self.skip_invalid;
         d.max_prompt_length = self.max_prompt_length.unwrap_or(d.max_prompt_length);
@@ -150,15 +154,11 @@ pub struct MethodArgs {
     pub loss: Option<LossType>,
     #[arg(long)]
     pub beta: Option<f64>,
-    /// paper, released, l1 or none.
+    /// The regularizer's mode: paper, released, l1 or none.
     #[arg(long)]
     pub regularizer: Option<String>,
-    /// Regularizer weight λ.
-    #[arg(long)]
-    pub lambda: Option<f64>,
-    /// Layer of the regularized up_proj (0-based).
-    #[arg(long)]
-    pub dec_layer: Option<usize>,
+    #[command(flatten)]
+    pub regularizer_fields: RegularizerArgs,
     /// Full fine-tuning instead of LoRA.
     #[arg(long)]
     pub no_lora: bool,
@@ -201,21 +201,43 @@ impl MethodArgs {
         from_file: bool,
     ) -> anyhow::Result<()> {
         let o = &mut c.objective;
-        if let Some(kind) = &self.regularizer {
-            o.regularizer = Regularizer::named(kind, n_layers / 3)
+        if let Some(mode) = &self.regularizer {
+            o.regularizer = Regularizer::named(mode, n_layers / 3)
                 .map_err(|e| anyhow::anyhow!("--regularizer: {e}"))?;
         } else if !from_file && o.regularizer.is_none() && o.loss == LossType::Sigmoid {
             o.regularizer = Some(Regularizer::paper(n_layers));
         }
         if let Some(reg) = &mut o.regularizer {
-            if let Some(v) = self.dec_layer {
-                reg.set_layer(v);
-            }
-            if let Some(v) = self.lambda {
-                reg.set_lambda(v);
-            }
+            self.regularizer_fields.apply(reg);
         }
         Ok(())
+    }
+}
+
+/// The `[objective.regularizer]` fields but its mode: `train`, `evaluate` and `experiment`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegularizerArgs {
+    /// The regularizer's weight λ (λ₁ for l1).
+    #[arg(long = "regularizer-lambda", alias = "lambda")]
+    pub lambda: Option<f64>,
+    /// The decoder block whose up_proj output is regularized (0-based; default ⌊layers/3⌋).
+    #[arg(long = "regularizer-layer", alias = "dec-layer")]
+    pub layer: Option<usize>,
+    /// Where in each sequence: prompt-last, completion-mean, completion-last or eos.
+    #[arg(long = "regularizer-site", value_parser = config_name::<Site>)]
+    pub site: Option<Site>,
+    /// Which sequences give rows: all or chosen.
+    #[arg(long = "regularizer-rows", value_parser = config_name::<RegRows>)]
+    pub rows: Option<RegRows>,
+}
+
+impl RegularizerArgs {
+    /// Sets the fields of `reg` that a flag names.
+    pub fn apply(&self, reg: &mut Regularizer) {
+        reg.lambda = self.lambda.unwrap_or(reg.lambda);
+        reg.layer = self.layer.unwrap_or(reg.layer);
+        reg.site = self.site.unwrap_or(reg.site);
+        reg.rows = self.rows.unwrap_or(reg.rows);
     }
 }
 

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use decpo_alignment::ObjectiveConfig;
 use decpo_alignment::train::session::TrainSettings;
 use decpo_datasets::{ColumnMap, Task};
+use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{LoraConfig, Precision};
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +111,7 @@ impl Default for DataConfig {
 impl DataConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.files.is_empty() {
-            bail!("no data: give --data (or [data] files) and --task");
+            bail!("no data: give --files (or [data] files) and --task");
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             bail!(
@@ -188,11 +189,11 @@ impl RunConfig {
         Self::read(&path).map(Some)
     }
 
-    /// Writes the configuration as `<out>/config.toml`.
+    /// Writes the configuration as `<out>/config.toml` (atomically: a crash leaves the old file
+    /// or the new one).
     pub fn save(&self) -> anyhow::Result<PathBuf> {
-        std::fs::create_dir_all(&self.out).with_context(|| format!("{}", self.out.display()))?;
         let path = self.out.join(CONFIG_FILE);
-        std::fs::write(&path, toml::to_string(self)?)
+        write_file_atomically(&path, toml::to_string(self)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
@@ -200,3 +201,41 @@ impl RunConfig {
 
 /// The file of a run directory that holds its configuration.
 pub const CONFIG_FILE: &str = "config.toml";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use decpo_alignment::{RegMode, RegRows, Regularizer, Site};
+
+    #[test]
+    fn a_configuration_written_before_sites_still_reads() {
+        // The committed report's DecPO run: `kind = "paper"`, `position = "last"`.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/smollm2-reframing/runs");
+        let decpo = RunConfig::read(&dir.join("decpo-s42").join(CONFIG_FILE)).unwrap();
+        let reg = decpo.objective.regularizer.unwrap();
+        assert_eq!(
+            reg,
+            Regularizer {
+                lambda: reg.lambda,
+                ..Regularizer::new(RegMode::Paper, 10)
+            }
+        );
+        assert_eq!((reg.site, reg.rows), (Site::Eos, RegRows::All));
+        let l1 = RunConfig::read(&dir.join("l1-s42").join(CONFIG_FILE)).unwrap();
+        assert_eq!(l1.objective.regularizer.unwrap().mode, RegMode::L1);
+    }
+
+    #[test]
+    fn the_regularizer_round_trips_through_toml_by_its_field_names() {
+        let mut c = RunConfig::default();
+        c.objective.regularizer = Some(Regularizer {
+            site: Site::PromptLast,
+            rows: RegRows::Chosen,
+            ..Regularizer::new(RegMode::L1, 3)
+        });
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("mode = \"l1\""), "{text}");
+        assert!(text.contains("site = \"prompt-last\""), "{text}");
+        assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), c);
+    }
+}

@@ -13,6 +13,7 @@ use decpo_datasets::{
     LengthStats, SplitRule, Task, TokenizeConfig, TokenizeReport, TokenizedPair, load_pairs, split,
     tokenize_pairs,
 };
+use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{Llama, LlamaTokenizer, load_pretrained};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -270,7 +271,8 @@ pub const HELDOUT_FILE: &str = "heldout.txt";
 pub fn write_heldout(dir: &Path, eval: &[TokenizedPair]) -> anyhow::Result<()> {
     let path = dir.join(HELDOUT_FILE);
     let text: String = eval.iter().map(|p| format!("{}\n", p.source)).collect();
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    write_file_atomically(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Checks that `eval`, read and split by `data` and `seed`, are the pairs the run in `dir` held

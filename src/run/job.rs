@@ -14,7 +14,7 @@ use decpo_alignment::train::run::{EvalPoint, ProbePoint, describe};
 use decpo_alignment::train::session::{RunSpec, TrainSettings, evaluate, train};
 use decpo_alignment::train::step::{StepSettings, StepValues};
 use decpo_alignment::{LossType, ObjectiveConfig};
-use decpo_datasets::TokenizedPair;
+use decpo_datasets::{BatchIds, TokenizedPair};
 use decpo_model::{Llama, LlamaTokenizer, load_pretrained, save_hf_dir, save_lora_adapters};
 use serde::{Deserialize, Serialize};
 
@@ -59,10 +59,10 @@ pub fn load<B: Backend>(c: &mut RunConfig, device: &B::Device) -> anyhow::Result
     Ok(loaded)
 }
 
-pub fn pair_set(pairs: Vec<TokenizedPair>, tok: &LlamaTokenizer) -> PairSet {
+fn pair_set(pairs: Vec<TokenizedPair>, ids: BatchIds) -> PairSet {
     PairSet {
         pairs,
-        pad_id: tok.pad_id(),
+        ids,
         reference: None,
     }
 }
@@ -78,9 +78,13 @@ pub struct JobData {
 pub fn data(c: &RunConfig, tok: &LlamaTokenizer, model_name: &str) -> anyhow::Result<JobData> {
     let eos = eos_id(tok, model_name)?;
     let prepared = prepare(&c.data, tok, eos, c.train.seed)?;
+    let ids = BatchIds {
+        pad: tok.pad_id(),
+        eos,
+    };
     Ok(JobData {
-        train: pair_set(prepared.train, tok),
-        eval: pair_set(prepared.eval, tok),
+        train: pair_set(prepared.train, ids),
+        eval: pair_set(prepared.eval, ids),
         summary: prepared.summary,
     })
 }
@@ -98,7 +102,7 @@ pub fn layer_measures<B: Backend>(
     measure_layers(
         model,
         &set.prompts(MEASURE_PROMPTS),
-        set.pad_id,
+        set.ids.pad,
         16,
         &layers,
         device,

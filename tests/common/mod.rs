@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use decpo_alignment::{LossType, ObjectiveConfig, Reduction, RegPosition, RegRows, Regularizer};
+use decpo_alignment::{LossType, ObjectiveConfig, Reduction, RegMode, RegRows, Regularizer, Site};
 use serde_json::Value;
 
 pub type B = burn::backend::NdArray<f32>;
@@ -65,6 +65,11 @@ pub fn int_matrix<Bk: burn::tensor::backend::Backend>(v: &Value) -> Tensor<Bk, 2
     Tensor::from_data(TensorData::new(data, [rows, cols]), &Default::default())
 }
 
+/// The fixture batch's `eos_mask`: none (its token ids are random, no row ends in a marked EOS).
+pub fn eos_mask<Bk: burn::tensor::backend::Backend>(golden: &Value) -> Tensor<Bk, 2, Int> {
+    int_matrix::<Bk>(&golden["batch"]["attention_mask"]).zeros_like()
+}
+
 /// max |got - want| / max |want|: relative error at the scale of the tensor.
 pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "length mismatch");
@@ -112,33 +117,28 @@ pub fn objective_config(case: &Value) -> ObjectiveConfig {
         _ => Reduction::Mean,
     };
     let reg = &case["regularizer"];
+    // The fixture's names: `kind`, and `position` last/mean (the sites `eos` and
+    // `completion-mean`; the fixture's batch marks no EOS, so its mean is over every completion
+    // token, as PyTorch computed it).
     let regularizer = (!reg.is_null()).then(|| {
-        let lambda = reg["lambda"].as_f64().unwrap();
-        let layer = reg["layer"].as_u64().unwrap() as usize;
-        let rows = match reg["rows"].as_str() {
-            Some("chosen") => RegRows::Chosen,
-            _ => RegRows::All,
-        };
-        let position = match reg["position"].as_str() {
-            Some("mean") => RegPosition::Mean,
-            _ => RegPosition::Last,
-        };
-        match reg["kind"].as_str().unwrap() {
-            "paper" => Regularizer::Paper {
-                lambda,
-                layer,
-                rows,
-                position,
-                normalize: reg["normalize"].as_bool().unwrap(),
-            },
-            "released" => Regularizer::Released { lambda, layer },
-            "l1" => Regularizer::L1 {
-                lambda,
-                layer,
-                rows,
-                position,
-            },
+        let mode = match reg["kind"].as_str().unwrap() {
+            "paper" => RegMode::Paper,
+            "released" => RegMode::Released,
+            "l1" => RegMode::L1,
             other => panic!("unknown regularizer {other}"),
+        };
+        Regularizer {
+            lambda: reg["lambda"].as_f64().unwrap(),
+            rows: match reg["rows"].as_str() {
+                Some("chosen") => RegRows::Chosen,
+                _ => RegRows::All,
+            },
+            site: match reg["position"].as_str() {
+                Some("mean") => Site::CompletionMean,
+                _ => Site::Eos,
+            },
+            normalize: reg["normalize"].as_bool().unwrap_or(true),
+            ..Regularizer::new(mode, reg["layer"].as_u64().unwrap() as usize)
         }
     });
     ObjectiveConfig {
@@ -202,7 +202,10 @@ pub fn sorting_pairs(
     let (pairs, _) = tokenize_pairs(&tok, &loaded.pairs, &config, |_| {}).unwrap();
     let set = |p: &[decpo_datasets::TokenizedPair]| decpo_alignment::train::data::PairSet {
         pairs: p.to_vec(),
-        pad_id: 0,
+        ids: decpo_datasets::BatchIds {
+            pad: 0,
+            eos: config.eos_id,
+        },
         reference: None,
     };
     (

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
-use decpo_datasets::batch::{PreferenceBatch, epoch_batches};
+use decpo_datasets::batch::{BatchIds, PreferenceBatch, epoch_batches};
 use decpo_datasets::tokenize::TokenizedPair;
 
 use crate::loss::preference::{PairLogps, SideLogps};
@@ -22,11 +22,11 @@ pub struct PairReference {
     pub rejected_mean: f32,
 }
 
-/// Tokenized pairs with their padding id and, when precomputed, reference log-probs.
+/// Tokenized pairs with their padding and EOS ids and, when precomputed, reference log-probs.
 #[derive(Debug, Clone)]
 pub struct PairSet {
     pub pairs: Vec<TokenizedPair>,
-    pub pad_id: u32,
+    pub ids: BatchIds,
     pub reference: Option<Vec<PairReference>>,
 }
 
@@ -44,7 +44,7 @@ impl PairSet {
     /// The micro-batch of the pairs `indices`.
     pub fn micro_batch<B: Backend>(&self, indices: &[usize], device: &B::Device) -> MicroBatch<B> {
         let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.pairs[i]).collect();
-        let batch = PreferenceBatch::new(&pairs, self.pad_id);
+        let batch = PreferenceBatch::new(&pairs, self.ids);
         let tokens = batch.attention_mask.iter().filter(|&&m| m == 1).count();
         let reference = self.reference.as_ref().map(|r| {
             let col = |f: fn(&PairReference) -> f32| {

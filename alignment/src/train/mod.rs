@@ -3,6 +3,7 @@
 pub mod clip;
 pub mod data;
 pub mod metrics;
+pub mod reference;
 pub mod restore;
 pub mod run;
 pub mod schedule;

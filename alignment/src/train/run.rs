@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{
     FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
 };
@@ -35,7 +35,7 @@ use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
-use burn::train::train::MultiDevicesTrainStep;
+use burn::train::train::{MultiDevicesTrainStep, MultiTrainOutput};
 use burn::train::{
     EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
@@ -241,6 +241,17 @@ impl<B: AutodiffBackend> DecpoStrategy<B> {
         self.append(&line);
     }
 
+    /// Completes step `step`'s values with its speed and learning rate, logs them and (every
+    /// `print_every` steps) prints them.
+    fn record_step(&self, step: usize, values: &mut StepValues, seconds: f64, lr: f64) {
+        values.tokens_per_s = Some(values.tokens as f64 / seconds.max(1e-9));
+        values.learning_rate = Some(lr);
+        self.log("train", step, values);
+        if self.print_every > 0 && (step.is_multiple_of(self.print_every) || step == 1) {
+            eprintln!("step {step}/{} | {}", self.total_steps, describe(values));
+        }
+    }
+
     /// Measures the probe prompts on `policy` and logs them as a `probe` line.
     fn probe<I: Backend>(&self, policy: &Llama<I>, step: usize) -> Option<ProbePoint> {
         if self.probe.is_empty() {
@@ -268,13 +279,16 @@ impl<B: AutodiffBackend> DecpoStrategy<B> {
         }
     }
 
+    /// Evaluates the policy after step `step` on the held-out pairs, logging and printing the
+    /// means.
     fn evaluate<O>(
         &self,
         learner: &Learner<Components<B, O>>,
         loader: &ValidLoader<Components<B, O>>,
         global: &Progress,
         processor: &mut SupervisedTrainingEventProcessor<Components<B, O>>,
-    ) -> Option<StepValues>
+        step: usize,
+    ) -> Option<EvalPoint>
     where
         O: Optimizer<DecpoModel<B>, B> + 'static,
     {
@@ -290,8 +304,44 @@ impl<B: AutodiffBackend> DecpoStrategy<B> {
             processor.process_valid(LearnerEvent::ProcessedItem(item));
         }
         processor.process_valid(LearnerEvent::EndEpoch(global.items_processed));
-        total
+        let values = total?;
+        self.log("eval", step, &values);
+        if self.print_every > 0 {
+            eprintln!("eval at step {step} | {}", describe(&values));
+        }
+        Some(EvalPoint { step, values })
     }
+}
+
+/// One step's gradients summed over the devices' outputs on `main`, in device order (a fixed
+/// order of the sums whatever order the workers finish in), clipped; with the merged values and
+/// the gradient norm.
+fn gather<B: AutodiffBackend>(
+    model: &DecpoModel<B>,
+    mut outputs: Vec<MultiTrainOutput<StepValues>>,
+    main: &B::Device,
+) -> (GradientsParams, StepValues) {
+    outputs.sort_by_key(|o| o.device);
+    let mut sum = GradientsAccumulator::new();
+    let mut merged = None;
+    for o in outputs {
+        sum.accumulate(model, o.output.grads.to_device(main, model));
+        merge_values(&mut merged, o.output.item);
+    }
+    let mut grads = sum.grads();
+    let mut values = merged.unwrap_or_default();
+    values.grad_norm = Some(finish_grads(model, &mut grads));
+    (grads, values)
+}
+
+/// Why a run stops at `step` whose loss or gradient norm is not finite.
+fn non_finite(step: usize, values: &StepValues) -> String {
+    format!(
+        "step {step}: the loss ({}) or the gradient norm ({}) is not finite; stopped before the \
+         optimizer step, checkpoints left as they were",
+        values.loss,
+        values.grad_norm.unwrap_or(f64::NAN)
+    )
 }
 
 /// The seed of step `step` on device `d`: `seed + step` on the main device (a run on one device
@@ -349,37 +399,16 @@ where
                 learner.lr_step();
                 let t0 = Instant::now();
                 let model = learner.model();
-                let (mut outputs, _) = workers.step(&mut iters, &model);
-                // A fixed order of the sums whatever order the workers finish in.
-                outputs.sort_by_key(|o| o.device);
-                let mut sum = GradientsAccumulator::new();
-                let mut merged = None;
-                for o in outputs {
-                    sum.accumulate(&model, o.output.grads.to_device(&main, &model));
-                    merge_values(&mut merged, o.output.item);
-                }
-                let mut grads = sum.grads();
-                let mut values = merged.unwrap_or_default();
-                values.grad_norm = Some(finish_grads(&model, &mut grads));
+                let (outputs, _) = workers.step(&mut iters, &model);
+                let (grads, mut values) = gather(&model, outputs, &main);
                 if !values.is_finite() {
-                    failure = Some(format!(
-                        "step {step}: the loss ({}) or the gradient norm ({}) is not finite; \
-                         stopped before the optimizer step, checkpoints left as they were",
-                        values.loss,
-                        values.grad_norm.unwrap_or(f64::NAN)
-                    ));
+                    failure = Some(non_finite(step, &values));
                     interrupter.stop(failure.as_deref());
                     break 'intervals;
                 }
                 learner.optimizer_step(grads);
-                let seconds = t0.elapsed().as_secs_f64();
-                values.tokens_per_s = Some(values.tokens as f64 / seconds.max(1e-9));
-                values.learning_rate = Some(learner.lr_current());
-                self.log("train", step, &values);
-                if self.print_every > 0 && (step.is_multiple_of(self.print_every) || step == 1) {
-                    eprintln!("step {step}/{} | {}", self.total_steps, describe(&values));
-                }
                 let lr = learner.lr_current();
+                self.record_step(step, &mut values, t0.elapsed().as_secs_f64(), lr);
                 let progress = Progress::new(i, last - first);
                 let item = TrainingItem::new(values, progress, global.clone(), Some(i), Some(lr));
                 processor.process_train(LearnerEvent::ProcessedItem(item));
@@ -389,13 +418,7 @@ where
                 }
             }
             processor.process_train(LearnerEvent::EndEpoch(k));
-            if let Some(values) = self.evaluate(&learner, &valid, &global, &mut processor) {
-                self.log("eval", done, &values);
-                if self.print_every > 0 {
-                    eprintln!("eval at step {done} | {}", describe(&values));
-                }
-                evals.push(EvalPoint { step: done, values });
-            }
+            evals.extend(self.evaluate(&learner, &valid, &global, &mut processor, done));
             probes.extend(self.probe(&learner.model().valid().policy, done));
             if let Some(c) = &mut checkpointer {
                 c.checkpoint(&learner, k, &components.event_store);

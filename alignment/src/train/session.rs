@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::AdamWConfig;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,16 +17,17 @@ use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use decpo_model::{Llama, LoraConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LossType, ObjectiveConfig};
+use crate::config::ObjectiveConfig;
 use crate::error::{AlignError, Result, io_err};
-use crate::train::data::{PairReference, PairSet, StepLoader, plan_eval, plan_steps};
+use crate::train::data::{PairSet, StepLoader, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
+use crate::train::reference::prepare_reference;
 use crate::train::restore::{Adam, restore};
 use crate::train::run::{
     AtomicRecorder, DecpoStrategy, LoopReport, PlainRenderer, latest_checkpoint, merge_values,
 };
 use crate::train::schedule::{Decay, WarmupSchedule};
-use crate::train::step::{DecpoModel, StepSettings, StepValues, pair_logps};
+use crate::train::step::{DecpoModel, StepSettings, StepValues};
 
 /// Where the reference log-probs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,17 +147,6 @@ pub struct TrainResult<B: Backend> {
     pub resumed_from: Option<usize>,
 }
 
-/// Gives every parameter a new id and no gradient: a frozen copy the optimizer never confuses
-/// with the policy.
-struct Freeze;
-
-impl<B: Backend> ModuleMapper<B> for Freeze {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (_, tensor, _) = param.consume();
-        Param::from_tensor(tensor.detach()).set_require_grad(false)
-    }
-}
-
 /// Marks every parameter as trained (a model that went through `valid()` has none marked).
 struct Trainable;
 
@@ -164,83 +154,6 @@ impl<B: Backend> ModuleMapper<B> for Trainable {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.set_require_grad(true)
     }
-}
-
-/// Reference log-probs of every pair of `set` under `model`, in `micro_batch`-pair batches.
-pub fn reference_logps<B: Backend>(
-    model: &Llama<B>,
-    set: &PairSet,
-    micro_batch: usize,
-    logits_chunk: usize,
-    device: &B::Device,
-) -> Vec<PairReference> {
-    let mut out = Vec::with_capacity(set.pairs.len());
-    for batch in plan_eval(set.pairs.len(), micro_batch) {
-        let m = set.micro_batch::<B>(&batch[0], device);
-        let l = pair_logps(model, &m.batch, logits_chunk);
-        let v = |t: Tensor<B, 1>| {
-            t.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32")
-        };
-        let (cs, rs) = (v(l.chosen.sum), v(l.rejected.sum));
-        let (cm, rm) = (v(l.chosen.mean), v(l.rejected.mean));
-        for i in 0..cs.len() {
-            out.push(PairReference {
-                chosen_sum: cs[i],
-                rejected_sum: rs[i],
-                chosen_mean: cm[i],
-                rejected_mean: rm[i],
-            });
-        }
-    }
-    out
-}
-
-/// A short hash of the initial weights' identity and the token ids of both splits.
-fn reference_key(model_key: &str, train: &PairSet, eval: &PairSet) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(model_key.as_bytes());
-    for set in [train, eval] {
-        h.update((set.pairs.len() as u64).to_le_bytes());
-        for p in &set.pairs {
-            for ids in [&p.prompt_ids, &p.chosen_ids, &p.rejected_ids] {
-                h.update((ids.len() as u64).to_le_bytes());
-                for id in ids.iter() {
-                    h.update(id.to_le_bytes());
-                }
-            }
-        }
-    }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Loads the reference log-probs stored at `path` if they cover `n` pairs, else computes them
-/// with `compute` and stores them atomically.
-fn cached_reference(
-    path: &Path,
-    n: usize,
-    compute: impl FnOnce() -> Vec<PairReference>,
-) -> Result<Vec<PairReference>> {
-    if let Ok(text) = std::fs::read_to_string(path)
-        && let Ok(v) = serde_json::from_str::<Vec<PairReference>>(&text)
-        && v.len() == n
-    {
-        return Ok(v);
-    }
-    let v = compute();
-    let tmp = path.with_extension("json.partial");
-    let text = serde_json::to_string(&v).expect("references serialise");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(io_err(path))?;
-    Ok(v)
 }
 
 /// Everything a run needs besides the model and the data.
@@ -263,44 +176,6 @@ pub fn total_steps(s: &TrainSettings, n_pairs: usize) -> usize {
     let per_epoch = n_pairs.div_ceil(s.micro_batch).div_ceil(s.accumulation);
     let all = per_epoch.saturating_mul(s.epochs);
     s.max_steps.map_or(all, |m| m.min(all))
-}
-
-/// The reference of a run: log-probs computed once and stored with the sets (`precomputed`),
-/// a frozen copy of the policy (`frozen`, returned), or nothing for `lora-off` (the policy with
-/// its adapters removed) and for losses without a reference.
-fn prepare_reference<B: AutodiffBackend>(
-    policy: &Llama<B>,
-    train_set: &mut PairSet,
-    eval_set: &mut PairSet,
-    spec: &RunSpec,
-) -> Result<Option<Llama<B>>> {
-    let s = spec.train;
-    let needs_reference = !matches!(spec.objective.loss, LossType::Simpo | LossType::Sft);
-    match (needs_reference, s.reference) {
-        (false, _) => Ok(None),
-        (true, ReferenceMode::Precomputed) => {
-            let initial = policy.valid();
-            let inner_device = initial.embed_tokens.weight.device();
-            let key = reference_key(spec.model_key, train_set, eval_set);
-            for (name, set) in [("train", train_set), ("eval", eval_set)] {
-                let path = spec.dir.join(format!("reference-{name}-{key}.json"));
-                let n = set.pairs.len();
-                let r = cached_reference(&path, n, || {
-                    reference_logps(&initial, set, s.micro_batch, s.logits_chunk, &inner_device)
-                })?;
-                set.reference = Some(r);
-            }
-            Ok(None)
-        }
-        (true, ReferenceMode::Frozen) => {
-            Ok(Some(policy.without_adapters().map(&mut Freeze).no_grad()))
-        }
-        (true, ReferenceMode::LoraOff) if spec.lora.is_none() => Err(AlignError::setting(
-            "train.reference",
-            "\"lora-off\" needs LoRA adapters ([lora])",
-        )),
-        (true, ReferenceMode::LoraOff) => Ok(None),
-    }
 }
 
 /// The optimizer and schedule of a run, fresh or restored from its newest checkpoint (with the
@@ -342,6 +217,67 @@ fn start_state<B: AutodiffBackend>(
     Ok((model, optim, schedule, resumed_from))
 }
 
+/// Checks the run's settings and makes `policy` trainable: LoRA adapters, or every weight
+/// (kept in f32 when the model computes in bf16).
+fn trainable<B: AutodiffBackend>(
+    policy: Llama<B>,
+    spec: &RunSpec,
+    train_set: &PairSet,
+) -> Result<Llama<B>> {
+    spec.train.validate()?;
+    spec.objective.validate(policy.config.num_hidden_layers)?;
+    if train_set.pairs.is_empty() {
+        return Err(AlignError::Empty("no training pairs".into()));
+    }
+    std::fs::create_dir_all(spec.dir).map_err(io_err(spec.dir))?;
+    Ok(match spec.lora {
+        Some(c) => {
+            c.validate(policy.config.num_hidden_layers)
+                .map_err(|m| AlignError::setting("lora", m))?;
+            policy.with_lora(c)
+        }
+        None => policy.map(&mut Trainable).with_f32_master(),
+    })
+}
+
+/// Which checkpoints stay: the last `keep_last`, and the one with the lowest held-out loss.
+fn checkpointing(keep_last: usize) -> ComposedCheckpointingStrategy {
+    let loss_metric = ValueMetric::all(false).swap_remove(0);
+    ComposedCheckpointingStrategy::builder()
+        .add(KeepLastNCheckpoints::new(keep_last))
+        .add(MetricCheckpointingStrategy::new(
+            &loss_metric,
+            Aggregate::Mean,
+            Direction::Lowest,
+            Split::Valid,
+        ))
+        .build()
+}
+
+/// The training loader (every optimizer step's pairs fixed up front) and the evaluation loader.
+fn loaders<B: AutodiffBackend>(
+    train_set: PairSet,
+    eval_set: PairSet,
+    s: &TrainSettings,
+    steps: usize,
+    device: &B::Device,
+) -> (StepLoader<B>, Arc<StepLoader<B::InnerBackend>>) {
+    let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
+    let plan = plan_steps(
+        &lengths,
+        s.micro_batch,
+        s.accumulation,
+        s.epochs,
+        s.seed,
+        steps,
+    );
+    let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
+    let train = StepLoader::<B>::new(Arc::new(train_set), Arc::new(plan), device.clone());
+    let eval =
+        StepLoader::<B::InnerBackend>::new(Arc::new(eval_set), Arc::new(eval_plan), device.clone());
+    (train, Arc::new(eval))
+}
+
 /// Trains `policy` on `train_set`, evaluating on `eval_set` every `save_every` steps, data
 /// parallel over `devices` (the first is the main one: optimizer, evaluation, checkpoints).
 pub fn train<B: AutodiffBackend>(
@@ -355,44 +291,12 @@ pub fn train<B: AutodiffBackend>(
         return Err(AlignError::Empty("no device to train on".into()));
     };
     let s = spec.train;
-    s.validate()?;
-    spec.objective.validate(policy.config.num_hidden_layers)?;
-    if train_set.pairs.is_empty() {
-        return Err(AlignError::Empty("no training pairs".into()));
-    }
-    std::fs::create_dir_all(spec.dir).map_err(io_err(spec.dir))?;
-
-    let policy = match spec.lora {
-        Some(c) => {
-            c.validate(policy.config.num_hidden_layers)
-                .map_err(|m| AlignError::setting("lora", m))?;
-            policy.with_lora(c)
-        }
-        // Full fine-tuning: every weight trains, kept in f32 when the model computes in bf16.
-        None => policy.map(&mut Trainable).with_f32_master(),
-    };
+    let policy = trainable(policy, spec, &train_set)?;
     let reference = prepare_reference(&policy, &mut train_set, &mut eval_set, spec)?;
-
     let steps = total_steps(s, train_set.pairs.len());
-    let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
-    let plan = plan_steps(
-        &lengths,
-        s.micro_batch,
-        s.accumulation,
-        s.epochs,
-        s.seed,
-        steps,
-    );
-    let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
     let probe = eval_set.prompts(s.probe_prompts);
-    let pad_id = eval_set.pad_id;
-    let train_loader = StepLoader::<B>::new(Arc::new(train_set), Arc::new(plan), device.clone());
-    let eval_device = device.clone();
-    let eval_loader = Arc::new(StepLoader::<B::InnerBackend>::new(
-        Arc::new(eval_set),
-        Arc::new(eval_plan),
-        eval_device,
-    ));
+    let pad_id = eval_set.ids.pad;
+    let (train_loader, eval_loader) = loaders::<B>(train_set, eval_set, s, steps, device);
 
     let model = DecpoModel {
         policy,
@@ -424,21 +328,10 @@ pub fn train<B: AutodiffBackend>(
         probe,
         pad_id,
     };
-    let loss_metric = ValueMetric::all(false).swap_remove(0);
     let mut training = SupervisedTraining::new(spec.dir, Arc::new(train_loader), eval_loader)
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
         .with_file_checkpointer(AtomicRecorder::default())
-        .with_checkpointing_strategy(
-            ComposedCheckpointingStrategy::builder()
-                .add(KeepLastNCheckpoints::new(s.keep_last))
-                .add(MetricCheckpointingStrategy::new(
-                    &loss_metric,
-                    Aggregate::Mean,
-                    Direction::Lowest,
-                    Split::Valid,
-                ))
-                .build(),
-        )
+        .with_checkpointing_strategy(checkpointing(s.keep_last))
         .with_metric_logger(InMemoryMetricLogger::default())
         .with_application_logger(None)
         .num_epochs(intervals);

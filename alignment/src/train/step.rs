@@ -229,6 +229,7 @@ fn batch_inner<B: AutodiffBackend>(b: &CompletionBatch<B>) -> CompletionBatch<B:
         input_ids: b.input_ids.clone().inner(),
         attention_mask: b.attention_mask.clone().inner(),
         completion_mask: b.completion_mask.clone().inner(),
+        eos_mask: b.eos_mask.clone().inner(),
     }
 }
 

@@ -1,0 +1,155 @@
+//! What the experiment's numbers support: each of the paper's claims checked against the
+//! results, in words for the report.
+
+use decpo_alignment::measure::LayerMeasure;
+use decpo_alignment::train::step::StepValues;
+
+use super::eval::MethodResult;
+use super::report::{Settings, fd_at, mean_metric};
+use crate::run::job::Summary;
+
+/// The paper's claims next to what the run shows, one sentence each.
+pub(super) fn claims(s: &Settings, groups: &[(&str, Vec<&MethodResult>)]) -> Vec<String> {
+    let get = |m: &str| {
+        groups
+            .iter()
+            .find(|(k, _)| *k == m)
+            .map(|(_, v)| v.as_slice())
+    };
+    let mut out = Vec::new();
+    if let Some(dpo) = get("dpo") {
+        out.push(fd_rises_claim(s, dpo));
+    }
+    if let (Some(dpo), Some(dec)) = (get("dpo"), get("decpo")) {
+        out.push(decpo_beats_dpo_claim(s, dpo, dec));
+    }
+    if let Some(dec) = get("decpo") {
+        out.push(term_size(s, dec));
+    }
+    out
+}
+
+fn fd_rises_claim(s: &Settings, dpo: &[&MethodResult]) -> String {
+    let probe_fd = |first: bool| {
+        mean_metric(dpo, |r| {
+            r.train
+                .as_ref()
+                .and_then(|t| {
+                    if first {
+                        t.probes.first()
+                    } else {
+                        t.probes.last()
+                    }
+                })
+                .map_or(f64::NAN, |p| p.layers[s.layer].fd)
+        })
+    };
+    let mean_fd = |layers: fn(&Summary) -> &[LayerMeasure]| {
+        mean_metric(dpo, |r| {
+            r.train.as_ref().map_or(f64::NAN, |t| {
+                let l = layers(t);
+                l.iter().map(|l| l.fd).sum::<f64>() / l.len() as f64
+            })
+        })
+    };
+    let (start, end) = (probe_fd(true), probe_fd(false));
+    let (mean_start, mean_end) = (mean_fd(|t| &t.layers_before), mean_fd(|t| &t.layers_after));
+    let verdict = |a: f64, b: f64| {
+        if b > a {
+            "rises"
+        } else if b < a {
+            "falls"
+        } else {
+            "stays"
+        }
+    };
+    format!(
+        "**FD rises during DPO** (paper, Figs. 3-4). Here, FD of layer {} on the probe \
+         prompts {} from {:.4} to {:.4} over DPO training; averaged over all layers on the \
+         held-out prompts it {} from {:.4} to {:.4}. {}",
+        s.layer,
+        verdict(start, end),
+        start,
+        end,
+        verdict(mean_start, mean_end),
+        mean_start,
+        mean_end,
+        if end > start && mean_end > mean_start {
+            "Reproduced in direction."
+        } else if end > start || mean_end > mean_start {
+            "Partly reproduced: the two measures disagree."
+        } else {
+            "Not reproduced at this budget."
+        }
+    )
+}
+
+fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResult]) -> String {
+    let cmp = |name: &str, f: &dyn Fn(&MethodResult) -> f64, digits: usize| {
+        let (a, b) = (mean_metric(dpo, f), mean_metric(dec, f));
+        format!(
+            "{name} {:.*} (DecPO) vs {:.*} (DPO): {}",
+            digits,
+            b,
+            digits,
+            a,
+            if (b - a).abs() <= 0.01 * a.abs().max(b.abs()).max(1e-9) {
+                "no meaningful difference (under 1 %)"
+            } else if b > a {
+                "DecPO higher"
+            } else {
+                "DecPO lower"
+            }
+        )
+    };
+    let judged = dpo.iter().chain(dec).all(|r| r.generation.is_some());
+    format!(
+        "**DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
+         margins; FD higher at the regularized layer). Here: {}; {}; {}{}.",
+        cmp("reward margin", &|r| r.eval.rewards_margins, 4),
+        cmp("reward accuracy", &|r| r.eval.rewards_accuracies, 3),
+        cmp(
+            &format!("FD at layer {}", s.layer),
+            &|r| fd_at(&r.analysis, s.layer),
+            4
+        ),
+        if judged {
+            format!(
+                "; {}",
+                cmp(
+                    "judge YES rate",
+                    &|r| r.generation.as_ref().map_or(f64::NAN, |g| g.yes_rate),
+                    3
+                )
+            )
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn term_size(s: &Settings, dec: &[&MethodResult]) -> String {
+    let last = |f: fn(&StepValues) -> f64| {
+        mean_metric(dec, |r| {
+            r.train
+                .as_ref()
+                .and_then(|t| t.evals.last())
+                .map_or(f64::NAN, |e| f(&e.values))
+        })
+    };
+    let (reg, pref) = (last(|v| v.loss_reg), last(|v| v.loss_pref));
+    format!(
+        "Size of the DecPO term at the last evaluation: L_dec = {:.3} per micro-batch, \
+         λ·L_dec = {:.5} next to a DPO loss of {:.4}. {}",
+        reg,
+        reg * s.decpo_lambda,
+        pref,
+        if reg * s.decpo_lambda < 0.05 * pref {
+            "The regularizer is a small part of the objective here, so DecPO and DPO are \
+             expected to stay close; a larger λ or more rows per micro-batch would test it \
+             harder."
+        } else {
+            "The regularizer is a sizeable part of the objective."
+        }
+    )
+}
