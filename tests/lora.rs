@@ -6,7 +6,7 @@ mod common;
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
-use common::{AD, B};
+use common::{AD, B, FLOAT_ORDER};
 use decpo_model::{Llama, LlamaConfig, LoraConfig, save_lora_adapters};
 
 fn ids<Bk: Backend>() -> Tensor<Bk, 2, Int> {
@@ -58,11 +58,8 @@ fn adapters_start_as_identity_merge_exactly_and_come_off() {
     let c = LoraConfig::new().with_dropout(0.0);
     let fresh = base.clone().with_lora(&c);
     assert!(fresh.has_adapters());
-    assert_eq!(
-        logits(&fresh, x.clone()),
-        reference,
-        "zero-init B must not change the output"
-    );
+    let d = max_abs_diff(&logits(&fresh, x.clone()), &reference);
+    assert!(d <= FLOAT_ORDER, "zero-init B changed the output by {d}");
 
     let tuned = perturb(fresh);
     let with_adapters = logits(&tuned, x.clone());
@@ -74,7 +71,11 @@ fn adapters_start_as_identity_merge_exactly_and_come_off() {
     assert!(!merged.has_adapters());
     let d = max_abs_diff(&logits(&merged, x.clone()), &with_adapters);
     assert!(d < 1e-4, "merged differs from adapter forward by {d}");
-    assert_eq!(logits(&tuned.without_adapters(), x), reference);
+    let d = max_abs_diff(&logits(&tuned.without_adapters(), x), &reference);
+    assert!(
+        d <= FLOAT_ORDER,
+        "without adapters differs from the base by {d}"
+    );
 }
 
 #[test]

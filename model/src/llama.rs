@@ -12,6 +12,8 @@ use crate::linear::Projection;
 use crate::lora::LoraConfig;
 use crate::precision::{ToF32, compute_dtype, rms_norm, weight_for};
 use crate::rope::RotaryEmbedding;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
@@ -54,6 +56,20 @@ impl LlamaConfig {
                 .init(device),
             lm_head,
         )
+    }
+}
+
+impl LlamaConfig {
+    /// A model of this shape with its weights drawn on the host from `seed` (rand's `StdRng`, in
+    /// the module's order), so a seed means the same numbers on every backend and whatever else
+    /// draws from the backend's generator meanwhile. The distributions are burn's defaults for
+    /// each kind of layer: embeddings N(0, 1), linear weights U(±1/√fan_in), norm weights 1.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Llama<B> {
+        self.init::<B>(device).map(&mut SeededInit {
+            rng: StdRng::seed_from_u64(seed),
+            containers: Vec::new(),
+            dtype: compute_dtype::<B>(device),
+        })
     }
 }
 
@@ -225,5 +241,120 @@ impl<B: Backend> Llama<B> {
     /// compute type: for full fine-tuning in bf16. A no-op in f32.
     pub fn with_f32_master(self) -> Self {
         self.map(&mut ToF32)
+    }
+}
+
+/// Draws every float parameter anew from a host generator, by the kind of module that holds it
+/// (see [`LlamaConfig::init_seeded`]); the lazy initializers never run.
+struct SeededInit {
+    rng: StdRng,
+    /// The container types entered, innermost last (`Struct:Linear`, ...).
+    containers: Vec<String>,
+    dtype: burn::tensor::FloatDType,
+}
+
+impl SeededInit {
+    fn draw(&mut self, shape: &[usize]) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        match self.containers.last().map(String::as_str) {
+            Some("Struct:RmsNorm") => vec![1.0; n],
+            Some("Struct:Embedding") => (0..n)
+                .map(|_| {
+                    // Box-Muller: a standard normal from two uniforms.
+                    let (u, v): (f64, f64) = (self.rng.random(), self.rng.random());
+                    ((-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+                })
+                .collect(),
+            _ => {
+                let bound = 1.0 / (shape[0] as f64).sqrt();
+                (0..n)
+                    .map(|_| self.rng.random_range(-bound..bound) as f32)
+                    .collect()
+            }
+        }
+    }
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for SeededInit {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.containers.pop();
+    }
+
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let shape = param.lazy_shape();
+        let device = param.lazy_device();
+        let values = self.draw(shape.as_slice());
+        let data = burn::tensor::TensorData::new(values, shape);
+        let value = Tensor::<B, D>::from_data(data, &device).cast(self.dtype);
+        burn::module::Param::initialized(param.id, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{Module, ModuleVisitor, Param};
+
+    type B = burn::backend::NdArray<f32>;
+
+    /// Every float parameter's values, in visiting order.
+    struct Values(Vec<Vec<f32>>);
+
+    impl ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.val().into_data().to_vec().unwrap());
+        }
+    }
+
+    fn values(m: &Llama<B>) -> Vec<Vec<f32>> {
+        let mut v = Values(Vec::new());
+        m.visit(&mut v);
+        v.0
+    }
+
+    #[test]
+    fn a_seeded_model_draws_burns_distributions_from_its_seed_alone() {
+        let c = LlamaConfig::preset("tiny").unwrap();
+        let a = c.init_seeded::<B>(3, &Default::default());
+        // Drawing from the backend's generator in between changes nothing.
+        B::seed(&Default::default(), 99);
+        let _ = Tensor::<B, 1>::random(
+            [7],
+            burn::tensor::Distribution::Default,
+            &Default::default(),
+        );
+        let b = c.init_seeded::<B>(3, &Default::default());
+        assert_eq!(values(&a), values(&b));
+        assert_ne!(
+            values(&a),
+            values(&c.init_seeded::<B>(4, &Default::default()))
+        );
+
+        let embed: Vec<f32> = a.embed_tokens.weight.val().into_data().to_vec().unwrap();
+        let n = embed.len() as f32;
+        let mean = embed.iter().sum::<f32>() / n;
+        let var = embed.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n;
+        assert!(
+            mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
+            "N(0, 1)? mean {mean}, var {var}"
+        );
+        let norm: Vec<f32> = a.norm.gamma.val().into_data().to_vec().unwrap();
+        assert!(norm.iter().all(|&x| x == 1.0));
+        let q = &a.layers[0].self_attn.q_proj.base.weight;
+        let [fan_in, _] = q.val().dims();
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let q: Vec<f32> = q.val().into_data().to_vec().unwrap();
+        assert!(q.iter().all(|x| x.abs() < bound));
+        assert!(
+            q.iter().any(|x| x.abs() > 0.9 * bound),
+            "U(±1/√fan_in) reaches its bound"
+        );
     }
 }

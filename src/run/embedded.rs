@@ -48,7 +48,8 @@ fn materialise(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The small Llama, initialised from `seed`, and its tokenizer.
+/// The small Llama, initialised from `seed`, and its tokenizer. The weights are drawn on the host
+/// ([`LlamaConfig::init_seeded`]), so a seed gives the same model on every backend.
 pub fn model<B: Backend>(
     out: &Path,
     seed: u64,
@@ -59,8 +60,7 @@ pub fn model<B: Backend>(
     materialise(&dir.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
     let tok = LlamaTokenizer::from_hf_dir(&dir)?;
     let config = LlamaConfig::from_hf_json(CONFIG, "embedded config.json")?;
-    B::seed(device, seed);
-    Ok((config.init(device), tok))
+    Ok((config.init_seeded(seed, device), tok))
 }
 
 /// The embedded pairs as a file in the run directory (the data path reads files).

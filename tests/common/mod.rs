@@ -7,8 +7,16 @@ use burn::tensor::{Int, Tensor, TensorData};
 use decpo_alignment::{LossType, ObjectiveConfig, Reduction, RegMode, RegRows, Regularizer, Site};
 use serde_json::Value;
 
-pub type B = burn::backend::NdArray<f32>;
-pub type AD = burn::backend::Autodiff<B>;
+/// The test backend, chosen by cargo feature as the binaries' is (`decpo::backend`): burn-ndarray
+/// by default; `--features wgpu` runs the same tests through the GPU code path (CI does so on
+/// Mesa's llvmpipe for the fixture tests).
+pub type B = decpo::backend::Backend;
+pub type AD = decpo::backend::Autodiff;
+
+/// How far two computations that are the same in exact arithmetic may differ on the test
+/// backend: 0 on burn-ndarray (one float order), a few f32 ulps of O(1) logits on wgpu, where
+/// fusion compiles a different graph into differently ordered kernels.
+pub const FLOAT_ORDER: f32 = if cfg!(feature = "wgpu") { 1e-5 } else { 0.0 };
 
 /// The repository root: where the tests were built, or `DECPO_REPO_ROOT` for a test binary
 /// copied to another machine (the GPU checks).

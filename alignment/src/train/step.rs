@@ -87,7 +87,7 @@ pub struct StepValues {
     pub logps_chosen: f64,
     #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
-    /// FD of `dec_layer` on the batch's last real tokens (when a regularizer is set).
+    /// FD of the regularized layer at the regularizer's site and rows (when one is set).
     pub fd: Option<f64>,
     /// Global gradient norm before clipping (training only).
     pub grad_norm: Option<f64>,
