@@ -249,9 +249,6 @@ pub fn write_jsonl(path: &std::path::Path, judged: &[Judged]) -> Result<()> {
         path: path.into(),
         cause,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
     let mut text = String::new();
     for j in judged {
         text += &serde_json::to_string(j).expect("judged lines serialise");

@@ -54,9 +54,6 @@ pub fn store(path: &Path, pairs: &[TokenizedPair], report: &TokenizeReport) -> R
         let p = p.to_path_buf();
         move |cause| DataError::Io { path: p, cause }
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
     let entry = Entry {
         pairs: pairs.to_vec(),
         report: report.clone(),

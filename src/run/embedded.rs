@@ -8,6 +8,7 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use decpo_alignment::train::session::TrainSettings;
 use decpo_datasets::default_job::{CONFIG, PAIRS, TOKENIZER, TOKENIZER_CONFIG};
+use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{Llama, LlamaConfig, LlamaTokenizer};
 
 use super::config::{RunConfig, SftPhase};
@@ -42,10 +43,8 @@ fn materialise(path: &Path, text: &str) -> anyhow::Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    write_file_atomically(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The small Llama, initialised from `seed`, and its tokenizer. The weights are drawn on the host
