@@ -28,7 +28,8 @@ pub struct SequenceLogps<B: Backend> {
     pub mean: Tensor<B, 1>,
     /// Number of completion tokens, `[batch]`.
     pub count: Tensor<B, 1>,
-    /// log p of every next token, `[batch, seq - 1]` (position t scores token t + 1), unmasked.
+    /// log p of every next token, `[batch, seq - 1]` (position t scores token t + 1), unmasked
+    /// within the span of scored positions (see [`completion_logps`]), 0 outside it.
     pub per_token: Tensor<B, 2>,
 }
 
@@ -41,8 +42,11 @@ pub struct SequenceLogps<B: Backend> {
 /// - `chunk`: positions unembedded at a time; only `[batch, chunk, vocab]` logits exist at once in
 ///   the forward pass instead of `[batch, seq, vocab]`
 ///
-/// log p = logit[target] - logsumexp(logits), without a full log-softmax tensor. The logits are
-/// cast to f32 before the log-softmax, and every output is f32 (see [`crate::precision`]).
+/// Only the positions from the first to the last that predicts a marked token in some row are
+/// unembedded: a prompt's positions never reach the vocabulary-sized matmul (with long prompts,
+/// most of a step's unembedding). log p = logit[target] - logsumexp(logits), without a full
+/// log-softmax tensor. The logits are cast to f32 before the log-softmax, and every output is f32
+/// (see [`crate::precision`]).
 pub fn completion_logps<B: Backend>(
     model: &Llama<B>,
     hidden: Tensor<B, 3>,
@@ -53,11 +57,17 @@ pub fn completion_logps<B: Backend>(
     let [batch, seq, _] = hidden.dims();
     let scored = seq.saturating_sub(1);
     let device = hidden.device();
+    let mask = f32_mask(completion_mask.narrow(1, 1, scored));
+    let span = scored_span(&mask);
     let chunk = chunk.max(1);
-    let mut pieces = Vec::with_capacity(scored.div_ceil(chunk));
-    let mut start = 0;
-    while start < scored {
-        let len = chunk.min(scored - start);
+    let zeros = |n: usize| Tensor::<B, 2>::zeros([batch, n], (&device, DType::F32));
+    let mut pieces: Vec<Tensor<B, 2>> = (span.start > 0)
+        .then(|| zeros(span.start))
+        .into_iter()
+        .collect();
+    let mut start = span.start;
+    while start < span.end {
+        let len = chunk.min(span.end - start);
         let logits = f32(model.logits(hidden.clone().narrow(1, start, len)));
         let targets = input_ids
             .clone()
@@ -68,12 +78,14 @@ pub fn completion_logps<B: Backend>(
         pieces.push((logits.gather(2, targets) - lse).squeeze_dim::<2>(2));
         start += len;
     }
+    if span.end < scored {
+        pieces.push(zeros(scored - span.end));
+    }
     let per_token = if pieces.is_empty() {
-        Tensor::zeros([batch, 0], (&device, DType::F32))
+        zeros(scored)
     } else {
         Tensor::cat(pieces, 1)
     };
-    let mask = f32_mask(completion_mask.narrow(1, 1, scored));
     let count = mask.clone().sum_dim(1).reshape([batch]);
     let sum = (per_token.clone() * mask).sum_dim(1).reshape([batch]);
     let mean = sum.clone() / count.clone().clamp_min(1.0);
@@ -82,5 +94,23 @@ pub fn completion_logps<B: Backend>(
         mean,
         count,
         per_token,
+    }
+}
+
+/// The positions `[first, last + 1)` where some row of `mask` `[batch, scored]` is set (empty
+/// when none is). Reads the mask back from the device: one small transfer per call.
+fn scored_span<B: Backend>(mask: &Tensor<B, 2>) -> std::ops::Range<usize> {
+    let any: Vec<f32> = mask
+        .clone()
+        .sum_dim(0)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 mask");
+    let first = any.iter().position(|&v| v > 0.0);
+    let last = any.iter().rposition(|&v| v > 0.0);
+    match (first, last) {
+        (Some(a), Some(b)) => a..b + 1,
+        _ => 0..0,
     }
 }
