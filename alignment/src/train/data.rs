@@ -22,12 +22,13 @@ pub struct PairReference {
     pub rejected_mean: f32,
 }
 
-/// Tokenized pairs with their padding and EOS ids and, when precomputed, reference log-probs.
+/// Tokenized pairs with their padding and EOS ids and, when precomputed, reference log-probs
+/// (of the pairs that training or evaluation uses; `None` for the others).
 #[derive(Debug, Clone)]
 pub struct PairSet {
     pub pairs: Vec<TokenizedPair>,
     pub ids: BatchIds,
-    pub reference: Option<Vec<PairReference>>,
+    pub reference: Option<Vec<Option<PairReference>>>,
 }
 
 impl PairSet {
@@ -48,7 +49,14 @@ impl PairSet {
         let tokens = batch.attention_mask.iter().filter(|&&m| m == 1).count();
         let reference = self.reference.as_ref().map(|r| {
             let col = |f: fn(&PairReference) -> f32| {
-                let v: Vec<f32> = indices.iter().map(|&i| f(&r[i])).collect();
+                let v: Vec<f32> = indices
+                    .iter()
+                    .map(|&i| {
+                        f(r[i]
+                            .as_ref()
+                            .expect("precomputed for every pair of the plan"))
+                    })
+                    .collect();
                 Tensor::<B, 1>::from_data(TensorData::new(v, [indices.len()]), (device, DType::F32))
             };
             PairLogps {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ObjectiveConfig;
 use crate::error::{AlignError, Result, io_err};
-use crate::train::data::{PairSet, StepLoader, plan_eval, plan_steps};
+use crate::train::data::{PairSet, StepLoader, StepPlan, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
 use crate::train::reference::prepare_reference;
 use crate::train::restore::{Adam, restore};
@@ -258,19 +258,10 @@ fn checkpointing(keep_last: usize) -> ComposedCheckpointingStrategy {
 fn loaders<B: AutodiffBackend>(
     train_set: PairSet,
     eval_set: PairSet,
+    plan: StepPlan,
     s: &TrainSettings,
-    steps: usize,
     device: &B::Device,
 ) -> (StepLoader<B>, Arc<StepLoader<B::InnerBackend>>) {
-    let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
-    let plan = plan_steps(
-        &lengths,
-        s.micro_batch,
-        s.accumulation,
-        s.epochs,
-        s.seed,
-        steps,
-    );
     let eval_plan = plan_eval(eval_set.pairs.len(), s.micro_batch);
     let train = StepLoader::<B>::new(Arc::new(train_set), Arc::new(plan), device.clone());
     let eval =
@@ -292,11 +283,14 @@ pub fn train<B: AutodiffBackend>(
     };
     let s = spec.train;
     let policy = trainable(policy, spec, &train_set)?;
-    let reference = prepare_reference(&policy, &mut train_set, &mut eval_set, spec)?;
     let steps = total_steps(s, train_set.pairs.len());
+    let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
+    let (batch, accumulation) = (s.micro_batch, s.accumulation);
+    let plan = plan_steps(&lengths, batch, accumulation, s.epochs, s.seed, steps);
+    let reference = prepare_reference(&policy, &mut train_set, &mut eval_set, &plan, spec)?;
     let probe = eval_set.prompts(s.probe_prompts);
     let pad_id = eval_set.ids.pad;
-    let (train_loader, eval_loader) = loaders::<B>(train_set, eval_set, s, steps, device);
+    let (train_loader, eval_loader) = loaders::<B>(train_set, eval_set, plan, s, device);
 
     let model = DecpoModel {
         policy,
