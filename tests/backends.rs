@@ -1,7 +1,7 @@
 //! One seed, one model, one run, on every backend: the embedded model's weights are drawn on the
-//! host, so burn-ndarray and the test backend (`common::B`: wgpu under `--features wgpu`, which
-//! CI runs on Mesa's llvmpipe) start from the same numbers, and a short default job ends within
-//! float noise of each other. Under the default features the test backend is ndarray itself.
+//! host, so burn-ndarray, the test backend and the binaries' backend (`decpo::backend`: burn-flex
+//! by default, wgpu under `--features wgpu`, which CI runs on Mesa's llvmpipe) start from the same
+//! numbers, and a short default job ends within float noise of each other.
 
 mod common;
 
@@ -62,7 +62,7 @@ fn short_job<AB: AutodiffBackend>(dir: &std::path::Path) -> Summary {
 fn a_short_default_job_ends_alike_on_every_backend() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let host = short_job::<burn::backend::Autodiff<Host>>(a.path());
-    let test = short_job::<AD>(b.path());
+    let test = short_job::<decpo::backend::Autodiff>(b.path());
     let pairs = |s: &Summary| {
         [
             ("eval_before loss", s.eval_before.loss),
@@ -77,7 +77,7 @@ fn a_short_default_job_ends_alike_on_every_backend() {
     // that noise into the weights; measured on llvmpipe: 1e-7 relative at most. The bound is
     // 1e-5 relative (of at least 0.1).
     for ((name, x), (_, y)) in pairs(&host).into_iter().zip(pairs(&test)) {
-        eprintln!("{name}: ndarray {x}, test backend {y}");
+        eprintln!("{name}: ndarray {x}, {} {y}", decpo::backend::name());
         let tol = 1e-5 * x.abs().max(0.1);
         assert!(
             (x - y).abs() <= tol,

@@ -7,11 +7,15 @@ use burn::tensor::{Int, Tensor, TensorData};
 use decpo_alignment::{LossType, ObjectiveConfig, Reduction, RegMode, RegRows, Regularizer, Site};
 use serde_json::Value;
 
-/// The test backend, chosen by cargo feature as the binaries' is (`decpo::backend`): burn-ndarray
-/// by default; `--features wgpu` runs the same tests through the GPU code path (CI does so on
-/// Mesa's llvmpipe for the fixture tests).
+/// The test backend: burn-ndarray (one float order: the deterministic tests), or under a GPU
+/// feature the binaries' backend (`decpo::backend`): `--features wgpu` runs the same tests through
+/// the GPU code path (CI does so on Mesa's llvmpipe for the fixture tests). The default CPU build
+/// of the binaries uses burn-flex; tests/backends.rs holds it to ndarray's numbers.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub type B = decpo::backend::Backend;
-pub type AD = decpo::backend::Autodiff;
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+pub type B = burn::backend::NdArray<f32>;
+pub type AD = burn::backend::Autodiff<B>;
 
 /// How far two computations that are the same in exact arithmetic may differ on the test
 /// backend: 0 on burn-ndarray (one float order), a few f32 ulps of O(1) logits on wgpu, where
