@@ -62,7 +62,7 @@ fn short_job<AB: AutodiffBackend>(dir: &std::path::Path) -> Summary {
 fn a_short_default_job_ends_alike_on_every_backend() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let host = short_job::<burn::backend::Autodiff<Host>>(a.path());
-    let test = short_job::<decpo::backend::Autodiff>(b.path());
+    let binaries = short_job::<decpo::backend::Autodiff>(b.path());
     let pairs = |s: &Summary| {
         [
             ("eval_before loss", s.eval_before.loss),
@@ -76,16 +76,17 @@ fn a_short_default_job_ends_alike_on_every_backend() {
     // Float order differs between backends (kernels, reductions) and ten optimizer steps carry
     // that noise into the weights; measured on llvmpipe: 1e-7 relative at most. The bound is
     // 1e-5 relative (of at least 0.1).
-    for ((name, x), (_, y)) in pairs(&host).into_iter().zip(pairs(&test)) {
+    for ((name, x), (_, y)) in pairs(&host).into_iter().zip(pairs(&binaries)) {
         eprintln!("{name}: ndarray {x}, {} {y}", decpo::backend::name());
         let tol = 1e-5 * x.abs().max(0.1);
         assert!(
             (x - y).abs() <= tol,
-            "{name}: ndarray {x}, test backend {y} (tolerance {tol})"
+            "{name}: ndarray {x}, {} {y} (tolerance {tol})",
+            decpo::backend::name()
         );
     }
     assert_eq!(
-        host.eval_after.rewards_accuracies, test.eval_after.rewards_accuracies,
+        host.eval_after.rewards_accuracies, binaries.eval_after.rewards_accuracies,
         "held-out reward accuracy"
     );
 }

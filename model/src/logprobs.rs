@@ -61,10 +61,10 @@ pub fn completion_logps<B: Backend>(
     let span = scored_span(&mask);
     let chunk = chunk.max(1);
     let zeros = |n: usize| Tensor::<B, 2>::zeros([batch, n], (&device, DType::F32));
-    let mut pieces: Vec<Tensor<B, 2>> = (span.start > 0)
-        .then(|| zeros(span.start))
-        .into_iter()
-        .collect();
+    let mut pieces = Vec::new();
+    if span.start > 0 {
+        pieces.push(zeros(span.start));
+    }
     let mut start = span.start;
     while start < span.end {
         let len = chunk.min(span.end - start);
