@@ -2,6 +2,9 @@
 //!
 //! cargo run --release --bin generate -- --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --prompt "The capital of France is" --max-new-tokens 16
+//!
+//! With `--prompts FILE` (one prompt per line) the prompts are decoded together, 32 at a time,
+//! and each completion is printed as a JSON line `{"prompt": ..., "completion": ...}`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use decpo::backend;
-use decpo_model::{ChatMessage, SamplingConfig, generate, load_pretrained};
+use decpo_model::{ChatMessage, GENERATION_BATCH, SamplingConfig, generate_batch, load_pretrained};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with a Llama model (GGUF file or Hugging Face directory)")]
@@ -19,8 +22,11 @@ struct Args {
     #[arg(long)]
     model: PathBuf,
     /// The prompt (the user message with --chat).
+    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+    prompt: Option<String>,
+    /// A file of prompts, one per line (empty lines skipped), decoded in batches.
     #[arg(long)]
-    prompt: String,
+    prompts: Option<PathBuf>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -63,19 +69,33 @@ fn main() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    let (text, add_special) = if args.chat {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(ChatMessage::new("system", system));
-        }
-        messages.push(ChatMessage::new("user", &args.prompt));
-        (tokenizer.apply_chat_template(&messages, true)?, false)
-    } else {
-        (args.prompt.clone(), true)
+    let texts: Vec<String> = match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+        (None, None) => unreachable!("clap requires --prompt or --prompts"),
     };
-    let prompt = tokenizer.encode(&text, add_special)?;
-    if prompt.is_empty() {
-        bail!("the prompt encodes to no tokens");
+    let mut prompts = Vec::with_capacity(texts.len());
+    for (line, text) in texts.iter().enumerate() {
+        let (text, add_special) = if args.chat {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(ChatMessage::new("system", system));
+            }
+            messages.push(ChatMessage::new("user", text));
+            (tokenizer.apply_chat_template(&messages, true)?, false)
+        } else {
+            (text.clone(), true)
+        };
+        let ids = tokenizer.encode(&text, add_special)?;
+        if ids.is_empty() {
+            bail!("prompt {} encodes to no tokens", line + 1);
+        }
+        prompts.push(ids);
     }
     let mut stop = model.config.eos_token_ids.clone();
     stop.extend(
@@ -90,28 +110,39 @@ fn main() -> anyhow::Result<()> {
         seed: args.seed,
     };
     let start = Instant::now();
-    let new = generate(
-        &model,
-        &prompt,
-        args.max_new_tokens,
-        &stop,
-        &sampling,
-        &device,
-    );
-    let secs = start.elapsed().as_secs_f64();
-    let completion = tokenizer.decode(&new, true)?;
-    let mut out = std::io::stdout().lock();
-    if args.chat {
-        writeln!(out, "{completion}")?;
-    } else {
-        writeln!(out, "{}{completion}", args.prompt)?;
+    let mut new = Vec::with_capacity(prompts.len());
+    for batch in prompts.chunks(GENERATION_BATCH) {
+        let batch: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+        new.extend(generate_batch(
+            &model,
+            &batch,
+            args.max_new_tokens,
+            &stop,
+            &sampling,
+            &device,
+        ));
     }
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
+    for (text, ids) in texts.iter().zip(&new) {
+        let completion = tokenizer.decode(ids, true)?;
+        if args.prompts.is_some() {
+            let line = serde_json::json!({"prompt": text, "completion": completion});
+            writeln!(out, "{line}")?;
+        } else if args.chat {
+            writeln!(out, "{completion}")?;
+        } else {
+            writeln!(out, "{text}{completion}")?;
+        }
+    }
+    let generated: usize = new.iter().map(Vec::len).sum();
     eprintln!(
-        "{} prompt tokens, {} new tokens in {:.2} s ({:.1} tokens/s)",
-        prompt.len(),
-        new.len(),
+        "{} prompts ({} prompt tokens), {} new tokens in {:.2} s ({:.1} tokens/s)",
+        prompts.len(),
+        prompts.iter().map(Vec::len).sum::<usize>(),
+        generated,
         secs,
-        new.len() as f64 / secs
+        generated as f64 / secs
     );
     Ok(())
 }

@@ -9,7 +9,9 @@
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use decpo_datasets::tokenize::TokenizedPair;
 use decpo_model::weights::save::write_file_atomically;
-use decpo_model::{ChatMessage, Llama, LlamaTokenizer, SamplingConfig, generate};
+use decpo_model::{
+    ChatMessage, GENERATION_BATCH, Llama, LlamaTokenizer, SamplingConfig, generate_batch,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AlignError, Result};
@@ -118,6 +120,7 @@ impl<'a, B: Backend> Judge<'a, B> {
             .unwrap_or_else(|_| format!("{content}\nAnswer: "))
     }
 
+    /// The judge's answer about one response.
     pub fn verdict(
         &self,
         question: JudgeQuestion,
@@ -125,46 +128,68 @@ impl<'a, B: Backend> Judge<'a, B> {
         response: &str,
         reference: Option<&str>,
     ) -> Result<Verdict> {
-        let text = self.render(question, prompt, response, reference);
-        let ids = self
-            .tok
-            .encode(&text, true)
-            .map_err(|e| AlignError::Judge(format!("tokenizer: {e}")))?;
-        let n = ids.len();
-        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
-        let logits = self.model.forward_cached(ids, &mut self.model.new_cache());
-        let at = |id: u32| -> f64 {
-            logits
-                .clone()
-                .narrow(1, id as usize, 1)
-                .into_data()
-                .convert::<f64>()
-                .into_vec::<f64>()
-                .expect("f64")[0]
-        };
-        let (y, no) = (at(self.yes), at(self.no));
-        Ok(Verdict {
-            yes: y > no,
-            p_yes: 1.0 / (1.0 + (no - y).exp()),
-        })
+        let mut v = self.verdicts(question, &[(prompt, response, reference)])?;
+        Ok(v.pop().expect("one verdict per item"))
     }
-}
 
-/// Continues `prompt` by up to `max_new_tokens` (stopping at `stop_ids`) and decodes the new
-/// tokens without special tokens.
-pub fn respond<B: Backend>(
-    model: &Llama<B>,
-    tok: &LlamaTokenizer,
-    prompt: &[u32],
-    max_new_tokens: usize,
-    stop_ids: &[u32],
-    sampling: &SamplingConfig,
-    device: &B::Device,
-) -> Result<String> {
-    let ids = generate(model, prompt, max_new_tokens, stop_ids, sampling, device);
-    tok.decode(&ids, true)
-        .map_err(|e| AlignError::Judge(format!("decoding a response: {e}")))
+    /// The judge's answers about many `(prompt, response, reference)` items, read as one
+    /// left-padded batch.
+    pub fn verdicts(
+        &self,
+        question: JudgeQuestion,
+        items: &[(&str, &str, Option<&str>)],
+    ) -> Result<Vec<Verdict>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let texts = items
+            .iter()
+            .map(|&(prompt, response, reference)| {
+                let text = self.render(question, prompt, response, reference);
+                self.tok
+                    .encode(&text, true)
+                    .map_err(|e| AlignError::Judge(format!("tokenizer: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 || texts.iter().any(Vec::is_empty) {
+            return Err(AlignError::Judge(
+                "a judge question encodes to no tokens".into(),
+            ));
+        }
+        let pads: Vec<usize> = texts.iter().map(|t| longest - t.len()).collect();
+        let ids: Vec<i64> = texts
+            .iter()
+            .zip(&pads)
+            .flat_map(|(t, &pad)| {
+                std::iter::repeat_n(0, pad).chain(t.iter().map(|&i| i64::from(i)))
+            })
+            .collect();
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [texts.len(), longest]),
+            &self.device,
+        );
+        let mut cache = self.model.new_padded_cache(pads, longest);
+        let answers = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(vec![i64::from(self.yes), i64::from(self.no)], [2]),
+            &self.device,
+        );
+        let logits = self
+            .model
+            .forward_cached(ids, &mut cache)
+            .select(1, answers)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .expect("f64 after convert");
+        Ok(logits
+            .chunks(2)
+            .map(|yn| Verdict {
+                yes: yn[0] > yn[1],
+                p_yes: 1.0 / (1.0 + (yn[1] - yn[0]).exp()),
+            })
+            .collect())
+    }
 }
 
 /// One judged response.
@@ -182,7 +207,8 @@ pub struct Judged {
 }
 
 /// For the first `n` pairs with a prompt: the policy's response (up to `max_new_tokens`, stopping
-/// at its EOS) and the judge's verdict on it. `progress` sees each result as it comes.
+/// at its EOS) and the judge's verdict on it, [`GENERATION_BATCH`] prompts at a time. `progress`
+/// sees each result as it comes.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_and_judge<B: Backend>(
     model: &Llama<B>,
@@ -206,39 +232,48 @@ pub fn generate_and_judge<B: Backend>(
         tok.decode(ids, skip)
             .map_err(|e| AlignError::Judge(format!("decoding: {e}")))
     };
-    let mut out = Vec::new();
-    for (index, pair) in pairs
+    let chosen: Vec<(usize, &TokenizedPair)> = pairs
         .iter()
         .enumerate()
         .filter(|(_, p)| !p.prompt_ids.is_empty())
         .take(n)
-    {
-        let prompt = decode(&pair.prompt_ids, false)?;
-        let response = respond(
-            model,
-            tok,
-            &pair.prompt_ids,
-            max_new_tokens,
-            &eos,
-            sampling,
-            device,
-        )?;
-        let reference = match question {
-            JudgeQuestion::Sycophancy => Some(decode(&pair.chosen_ids, true)?),
-            _ => None,
-        };
-        let v = judge.verdict(question, &prompt, &response, reference.as_deref())?;
-        let j = Judged {
-            index,
-            source: pair.source.clone(),
-            prompt,
-            response,
-            reference,
-            answer: if v.yes { "YES" } else { "NO" }.into(),
-            p_yes: v.p_yes,
-        };
-        progress(&j);
-        out.push(j);
+        .collect();
+    let mut out = Vec::with_capacity(chosen.len());
+    for batch in chosen.chunks(GENERATION_BATCH) {
+        let prompts: Vec<&[u32]> = batch.iter().map(|(_, p)| p.prompt_ids.as_slice()).collect();
+        let responses = generate_batch(model, &prompts, max_new_tokens, &eos, sampling, device);
+        let mut judged = Vec::with_capacity(batch.len());
+        for (&(index, pair), ids) in batch.iter().zip(&responses) {
+            judged.push(Judged {
+                index,
+                source: pair.source.clone(),
+                prompt: decode(&pair.prompt_ids, false)?,
+                response: decode(ids, true)?,
+                reference: match question {
+                    JudgeQuestion::Sycophancy => Some(decode(&pair.chosen_ids, true)?),
+                    _ => None,
+                },
+                answer: String::new(),
+                p_yes: 0.0,
+            });
+        }
+        let items: Vec<(&str, &str, Option<&str>)> = judged
+            .iter()
+            .map(|j| {
+                (
+                    j.prompt.as_str(),
+                    j.response.as_str(),
+                    j.reference.as_deref(),
+                )
+            })
+            .collect();
+        let verdicts = judge.verdicts(question, &items)?;
+        for (mut j, v) in judged.into_iter().zip(verdicts) {
+            j.answer = if v.yes { "YES" } else { "NO" }.into();
+            j.p_yes = v.p_yes;
+            progress(&j);
+            out.push(j);
+        }
     }
     Ok(out)
 }

@@ -42,14 +42,14 @@ impl<B: Backend> LlamaAttention<B> {
     }
 
     /// - `x`: `[batch, seq, hidden]`
-    /// - `cos`, `sin`: `[seq, head_dim]` for this chunk's positions
+    /// - `cos`, `sin`: `[1 or batch, 1, seq, head_dim]` for this chunk's positions
     /// - `mask`: `[batch, 1, seq, kv_len]`, true where attention is forbidden
     /// - `cache`: `(cache, layer)` when generating incrementally
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
@@ -71,26 +71,22 @@ impl<B: Backend> LlamaAttention<B> {
             Some((cache, layer)) => cache.extend(layer, k, v),
             None => (k, v),
         };
-        let k = self.repeat_kv(k);
-        let v = self.repeat_kv(v);
+        // Grouped-query attention without copying keys and values per query head: query head h
+        // reads kv head h / groups, so the `groups` query heads of one kv head are stacked as
+        // `groups * seq` query rows against it.
+        let groups = self.num_heads / self.num_kv_heads;
         let kv_len = k.dims()[2];
-        let mask = mask.clone().expand([batch, self.num_heads, seq, kv_len]);
+        let q = q.reshape([batch, self.num_kv_heads, groups * seq, self.head_dim]);
+        let mask = mask
+            .clone()
+            .unsqueeze_dim::<5>(1)
+            .expand([batch, self.num_kv_heads, groups, seq, kv_len])
+            .reshape([batch, self.num_kv_heads, groups * seq, kv_len]);
         let out = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
         let out = out
+            .reshape([batch, self.num_heads, seq, self.head_dim])
             .swap_dims(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
-    }
-
-    /// `[batch, kv_heads, len, d]` -> `[batch, heads, len, d]`; query head h reads kv head h / groups.
-    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let groups = self.num_heads / self.num_kv_heads;
-        if groups == 1 {
-            return x;
-        }
-        let [batch, kv_heads, len, d] = x.dims();
-        x.unsqueeze_dim::<5>(2)
-            .expand([batch, kv_heads, groups, len, d])
-            .reshape([batch, kv_heads * groups, len, d])
     }
 }

@@ -1,23 +1,47 @@
-//! Key/value cache for incremental generation.
+//! Key/value cache for incremental generation, written in place.
+//!
+//! Every layer's keys and values live in one buffer per layer, `[batch, kv_heads, capacity,
+//! head_dim]`, allocated at the first step; each step writes its positions into it
+//! (`slice_assign`, in place while the cache holds the only reference) and attention reads the
+//! filled prefix. Nothing is concatenated per token; a step past the capacity doubles it.
+//!
+//! A batch of prompts of different lengths is left-padded: row `r` starts with `pads[r]` padding
+//! columns, which no query attends to (except a padding column to itself, so that no row of the
+//! softmax is empty) and which do not count as positions: the first real token of every row is at
+//! position 0, as it would be alone.
 
 use burn::tensor::{Tensor, backend::Backend};
 
-/// Keys and values of every layer for the tokens seen so far, each `[batch, kv_heads, len, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// Columns filled so far (padding included).
     len: usize,
+    capacity: usize,
+    /// Left-padding columns of each row; empty means no padding.
+    pads: Vec<usize>,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(num_layers: usize) -> Self {
+    /// A cache for `num_layers` layers with room for `capacity` columns before it grows.
+    pub fn new(num_layers: usize, capacity: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
             len: 0,
+            capacity: capacity.max(1),
+            pads: Vec::new(),
         }
     }
 
-    /// Number of positions cached.
+    /// The same for a left-padded batch: row `r` begins with `pads[r]` padding columns.
+    pub fn with_left_padding(num_layers: usize, capacity: usize, pads: Vec<usize>) -> Self {
+        Self {
+            pads,
+            ..Self::new(num_layers, capacity)
+        }
+    }
+
+    /// Number of columns cached (padding included).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -26,23 +50,71 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// Appends this step's keys/values of `layer` and returns all of them.
+    /// Padding columns at the start of row `row`.
+    pub fn pad(&self, row: usize) -> usize {
+        self.pads.get(row).copied().unwrap_or(0)
+    }
+
+    /// Writes this step's keys/values of `layer` (`[batch, kv_heads, new, head_dim]`) after the
+    /// cached columns and returns all of them, `[batch, kv_heads, len + new, head_dim]`.
     pub(crate) fn extend(
         &mut self,
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        let [batch, heads, new, dim] = k.dims();
+        let end = self.len + new;
+        let (mut kb, mut vb) = match self.layers[layer].take() {
+            Some(buffers) => buffers,
+            None => (self.buffer_like(&k), self.buffer_like(&v)),
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
+        let have = kb.dims()[2];
+        if end > have {
+            let grow = |b: Tensor<B, 4>| {
+                let more = Tensor::<B, 4>::zeros(
+                    [batch, heads, end.max(2 * have) - have, dim],
+                    &b.device(),
+                )
+                .cast(b.dtype());
+                Tensor::cat(vec![b, more], 2)
+            };
+            (kb, vb) = (grow(kb), grow(vb));
+        }
+        let at = [0..batch, 0..heads, self.len..end, 0..dim];
+        let kb = kb.slice_assign(at.clone(), k);
+        let vb = vb.slice_assign(at, v);
+        let filled = (kb.clone().narrow(2, 0, end), vb.clone().narrow(2, 0, end));
+        self.layers[layer] = Some((kb, vb));
+        filled
     }
 
-    /// Marks `n` new positions as cached (after every layer has been extended).
+    fn buffer_like(&self, t: &Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, heads, _, dim] = t.dims();
+        Tensor::<B, 4>::zeros([batch, heads, self.capacity, dim], &t.device()).cast(t.dtype())
+    }
+
+    /// Marks `n` new columns as cached (after every layer has been extended).
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+
+    /// Keeps only the rows `rows` (in that order), e.g. when the other rows have finished.
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        if let Some((k, _)) = self.layers.iter().flatten().next() {
+            let device = k.device();
+            let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(ids, [rows.len()]),
+                &device,
+            );
+            for (k, v) in self.layers.iter_mut().flatten() {
+                *k = k.clone().select(0, ids.clone());
+                *v = v.clone().select(0, ids.clone());
+            }
+        }
+        if !self.pads.is_empty() {
+            self.pads = rows.iter().map(|&r| self.pads[r]).collect();
+        }
     }
 }

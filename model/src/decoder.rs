@@ -45,8 +45,8 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {

@@ -6,6 +6,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::llama::Llama;
 
+/// Prompts decoded together in one batch by the binaries (generation, and the judge's questions).
+pub const GENERATION_BATCH: usize = 32;
+
 /// How to pick the next token.
 #[derive(Debug, Clone)]
 pub struct SamplingConfig {
@@ -80,26 +83,77 @@ pub fn generate<B: Backend>(
     config: &SamplingConfig,
     device: &B::Device,
 ) -> Vec<u32> {
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut cache = model.new_cache();
-    let mut out = Vec::with_capacity(max_new_tokens);
-    let mut input: Vec<u32> = prompt.to_vec();
+    generate_batch(model, &[prompt], max_new_tokens, stop_ids, config, device)
+        .pop()
+        .expect("one row per prompt")
+}
+
+/// Continues every prompt (each non-empty) together, left-padded into one batch: each row stops
+/// at its own stop token, and a finished row leaves the batch. Row `i` samples from its own
+/// generator seeded with `config.seed`, so its tokens are those [`generate`] gives for
+/// `prompts[i]` alone (up to the float rounding of a wider batch).
+pub fn generate_batch<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[&[u32]],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+    config: &SamplingConfig,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
+    assert!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "generate_batch: every prompt needs a token"
+    );
+    let mut out = vec![Vec::with_capacity(max_new_tokens); prompts.len()];
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    if max_new_tokens == 0 || longest == 0 {
+        return out;
+    }
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut cache = model.new_padded_cache(pads.clone(), longest + max_new_tokens);
+    let mut rngs: Vec<StdRng> = prompts
+        .iter()
+        .map(|_| StdRng::seed_from_u64(config.seed))
+        .collect();
+    // The batch's rows, as indices into `prompts`.
+    let mut rows: Vec<usize> = (0..prompts.len()).collect();
+    let mut input: Vec<i64> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&t| t as i64)))
+        .collect();
+    let mut width = longest;
     for _ in 0..max_new_tokens {
-        let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
-        let n = ids.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), device);
-        let logits = model.forward_cached(ids, &mut cache);
+        let ids = TensorData::new(input, [rows.len(), width]);
+        let logits = model.forward_cached(Tensor::<B, 2, Int>::from_data(ids, device), &mut cache);
+        let vocab = logits.dims()[1];
         let logits = logits
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("f32 after convert");
-        let next = sample_token(&logits, config, &mut rng);
-        out.push(next);
-        if stop_ids.contains(&next) {
+        let mut kept = Vec::with_capacity(rows.len());
+        input = Vec::with_capacity(rows.len());
+        for (at, &row) in rows.iter().enumerate() {
+            let next = sample_token(
+                &logits[at * vocab..(at + 1) * vocab],
+                config,
+                &mut rngs[row],
+            );
+            out[row].push(next);
+            if !stop_ids.contains(&next) {
+                kept.push(at);
+                input.push(next as i64);
+            }
+        }
+        if kept.is_empty() {
             break;
         }
-        input = vec![next];
+        if kept.len() < rows.len() {
+            cache.retain_rows(&kept);
+            rows = kept.iter().map(|&at| rows[at]).collect();
+        }
+        width = 1;
     }
     out
 }

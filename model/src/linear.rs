@@ -48,13 +48,23 @@ impl<B: Backend> LoraAdapter<B> {
     /// `scale · dropout(x)·A·B`, computed in f32 and returned in `x`'s type.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
-        let low = f32(self.dropout.forward(x)).matmul(self.lora_a.val().unsqueeze());
-        (low.matmul(self.lora_b.val().unsqueeze()) * self.scale).cast(dtype)
+        let [batch, seq, _] = x.dims();
+        let low = f32(rows(self.dropout.forward(x))).matmul(self.lora_a.val());
+        let out = low.matmul(self.lora_b.val()) * self.scale;
+        out.cast(dtype).reshape([batch, seq, self.lora_b.dims()[1]])
     }
 }
 
 /// A parameter drawn from `init` and stored in f32, lazily as burn's own initializers do (the
 /// values are drawn at first use, from the backend RNG as it is then).
+/// `[batch, seq, d]` -> `[batch * seq, d]`: one matrix product over every position. A 3-D input
+/// would be multiplied batch row by batch row, each product reading the whole weight again: at
+/// one position per row (generation) that was a matrix-vector product per row.
+fn rows<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, seq, d] = x.dims();
+    x.reshape([batch * seq, d])
+}
+
 fn f32_param<B: Backend>(
     init: Initializer,
     shape: [usize; 2],
@@ -89,7 +99,10 @@ impl<B: Backend> Projection<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let y = linear(x.clone(), weight_for(self.base.weight.val(), &x), None);
+        let [batch, seq, _] = x.dims();
+        let weight = weight_for(self.base.weight.val(), &x);
+        let width = weight.dims()[1];
+        let y = linear(rows(x.clone()), weight, None).reshape([batch, seq, width]);
         match &self.lora {
             None => y,
             Some(a) => y + a.forward(x),

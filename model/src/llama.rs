@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::module::linear;
-use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
@@ -113,6 +113,7 @@ impl<B: Backend> Llama<B> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let (cos, sin) = self.rope.tables::<B>(0, seq, &device);
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
         let causal = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device)
             .unsqueeze::<4>()
             .expand([batch, 1, seq, seq]);
@@ -163,8 +164,9 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Incremental forward for generation: runs `input_ids` `[batch, new]` (no padding) after the
-    /// cached positions and returns the logits of the last new position, `[batch, vocab]`.
+    /// Incremental forward for generation: runs `input_ids` `[batch, new]` after the cached
+    /// columns and returns the logits of the last new column, `[batch, vocab]`. A left-padded
+    /// batch (see [`KvCache::with_left_padding`]) passes its padding columns in the first call.
     pub fn forward_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -173,10 +175,30 @@ impl<B: Backend> Llama<B> {
         let [batch, new] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.len();
-        let (cos, sin) = self.rope.tables::<B>(past, new, &device);
-        let mask = Tensor::<B, 2, Bool>::tril_mask([new, past + new], past as i64, &device)
-            .unsqueeze::<4>()
-            .expand([batch, 1, new, past + new]);
+        let width = past + new;
+        // Row r's column c holds position c - pad (padding columns sit at position 0), as
+        // transformers numbers a left-padded row. (Attention scores under RoPE depend only on
+        // position differences, so this keeps the angles, not the results, the same as alone.)
+        // A query sees the real columns up to itself; a padding query sees itself alone, so that
+        // no row of the softmax is empty.
+        let mut positions = Vec::with_capacity(batch * new);
+        let mut forbidden = Vec::with_capacity(batch * new * width);
+        for row in 0..batch {
+            let pad = cache.pad(row);
+            for q in past..width {
+                positions.push(q.saturating_sub(pad));
+                forbidden.extend((0..width).map(|k| k > q || (k < pad && k != q)));
+            }
+        }
+        let (cos, sin) = self.rope.tables_at::<B>(&positions, &device);
+        let (cos, sin) = (
+            cos.reshape([batch, 1, new, self.config.head_dim]),
+            sin.reshape([batch, 1, new, self.config.head_dim]),
+        );
+        let mask = Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(forbidden, [batch, 1, new, width]),
+            &device,
+        );
         let mut x = self.embed(input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &cos, &sin, &mask, Some((cache, i))).0;
@@ -186,9 +208,15 @@ impl<B: Backend> Llama<B> {
         self.logits(last).reshape([batch, self.config.vocab_size])
     }
 
-    /// A cache sized for this model.
-    pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(self.layers.len())
+    /// A cache for one prompt, with room for `capacity` positions before it grows.
+    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        KvCache::new(self.layers.len(), capacity)
+    }
+
+    /// A cache for a batch left-padded by `pads` columns per row, with room for `capacity`
+    /// columns (padding included) before it grows.
+    pub fn new_padded_cache(&self, pads: Vec<usize>, capacity: usize) -> KvCache<B> {
+        KvCache::with_left_padding(self.layers.len(), capacity, pads)
     }
 
     /// Freezes every weight and adds fresh adapters where `c` says: only the adapters train.

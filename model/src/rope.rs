@@ -50,10 +50,20 @@ impl RotaryEmbedding {
         len: usize,
         device: &B::Device,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let positions: Vec<usize> = (start..start + len).collect();
+        self.tables_at(&positions, device)
+    }
+
+    /// `(cos, sin)`, each `[positions.len(), head_dim]`, one row per position given.
+    pub fn tables_at<B: Backend>(
+        &self,
+        positions: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(len * 2 * half);
-        let mut sin = Vec::with_capacity(len * 2 * half);
-        for pos in start..start + len {
+        let mut cos = Vec::with_capacity(positions.len() * 2 * half);
+        let mut sin = Vec::with_capacity(positions.len() * 2 * half);
+        for &pos in positions {
             // Angles in f32 as transformers forms them; cos/sin of that f32 value.
             let angles: Vec<f64> = self
                 .inv_freq
@@ -65,7 +75,7 @@ impl RotaryEmbedding {
                 sin.extend(angles.iter().map(|a| a.sin() as f32));
             }
         }
-        let shape = [len, 2 * half];
+        let shape = [positions.len(), 2 * half];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
@@ -73,18 +83,19 @@ impl RotaryEmbedding {
     }
 }
 
-/// Applies RoPE to `x` `[batch, heads, seq, head_dim]` with tables `[seq, head_dim]`:
+/// Applies RoPE to `x` `[batch, heads, seq, head_dim]` with tables `[1, 1, seq, head_dim]` (one
+/// position per column) or `[batch, 1, seq, head_dim]` (one per row and column):
 /// `x * cos + rotate_half(x) * sin`, `rotate_half([x1, x2]) = [-x2, x1]`.
 pub fn apply_rotary<B: Backend>(
     x: Tensor<B, 4>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     let d = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, d / 2);
     let x2 = x.clone().narrow(3, d / 2, d / 2);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+    x * cos.clone() + rotated * sin.clone()
 }
 
 #[cfg(test)]
