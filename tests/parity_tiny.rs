@@ -5,7 +5,7 @@ mod common;
 
 use burn::tensor::Tensor;
 use common::*;
-use decpo_model::{completion_logps, load_pretrained};
+use decpo_model::{completion_logps, load_pretrained, prefill};
 
 const TOL: f32 = 1e-4;
 
@@ -141,50 +141,59 @@ fn cached_generation_path_matches_the_training_forward() {
     assert!(e < TOL, "cached logits: relative error {e}");
 }
 
-/// Left-padded batches: three prompts of different lengths (prefixes of the fixture's rows) run
-/// together through the cache, then two more tokens each; every row's logits are transformers'
-/// at that row's own positions. Between the steps the batch drops and reorders rows.
+/// Batches through the cache: three prompts of different lengths run together ([`prefill`]),
+/// then two more tokens each; every row's logits are transformers' at that row's own positions.
+/// Between the steps the batch drops and reorders rows. Once with prompts that differ from the
+/// first token (left padding only), once with prefixes of one row (their first 4 tokens computed
+/// once and shared, the rest padded after them).
 #[test]
-fn a_left_padded_cached_batch_gives_every_row_transformers_logits() {
+fn a_padded_cached_batch_gives_every_row_transformers_logits() {
     let golden = read_json("tiny-llama-golden.json");
     let model = load_pretrained::<B>(&fixture("tiny-llama"), &Default::default())
         .unwrap()
         .model;
+    let device = Default::default();
     let vocab = model.config.vocab_size;
     let rows: Vec<Vec<i64>> = (0..3).map(|r| ints(&golden["input_ids"][r])).collect();
     let want: Vec<Vec<f32>> = (0..3).map(|r| floats(&golden["logits"][r])).collect();
-    let at = |r: usize, t: usize| want[r][t * vocab..(t + 1) * vocab].to_vec();
-    let lens = [10usize, 6, 3];
-    let pads: Vec<usize> = lens.iter().map(|l| 10 - l).collect();
-    let ids: Vec<i64> = (0..3)
-        .flat_map(|r| std::iter::repeat_n(0, pads[r]).chain(rows[r][..lens[r]].iter().copied()))
-        .collect();
-    let matrix = |ids: Vec<i64>, n: usize, w: usize| {
+    let at = |(r, t): (usize, usize)| want[r][t * vocab..(t + 1) * vocab].to_vec();
+    let column = |ids: Vec<i64>| {
+        let n = ids.len();
         Tensor::<B, 2, burn::tensor::Int>::from_data(
-            burn::tensor::TensorData::new(ids, [n, w]),
-            &Default::default(),
+            burn::tensor::TensorData::new(ids, [n, 1]),
+            &device,
         )
     };
-    // Room for 4 columns only: the first call grows the buffers.
-    let mut cache = model.new_padded_cache(pads, 4);
-    let got = to_vec(model.forward_cached(matrix(ids, 3, 10), &mut cache));
-    let expected: Vec<f32> = (0..3).flat_map(|r| at(r, lens[r] - 1)).collect();
-    let e = rel_err(&got, &expected);
-    assert!(e < TOL, "padded prefill: relative error {e}");
+    for case in [[(0, 10), (1, 6), (2, 3)], [(0, 10), (0, 7), (0, 5)]] {
+        let prompts: Vec<Vec<u32>> = case
+            .iter()
+            .map(|&(r, n)| rows[r][..n].iter().map(|&t| t as u32).collect())
+            .collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        // No room reserved: the steps grow the buffers.
+        let (mut cache, logits) = prefill(&model, &refs, 0, &device);
+        let expected: Vec<f32> = case.iter().flat_map(|&(r, n)| at((r, n - 1))).collect();
+        let e = rel_err(&to_vec(logits), &expected);
+        assert!(e < TOL, "{case:?} prefill: relative error {e}");
 
-    let next: Vec<i64> = (0..3).map(|r| rows[r][lens[r]]).collect();
-    let got = to_vec(model.forward_cached(matrix(next, 3, 1), &mut cache));
-    let expected: Vec<f32> = (0..3).flat_map(|r| at(r, lens[r])).collect();
-    let e = rel_err(&got, &expected);
-    assert!(e < TOL, "first padded step: relative error {e}");
+        let next: Vec<i64> = case.iter().map(|&(r, n)| rows[r][n]).collect();
+        let got = to_vec(model.forward_cached(column(next), &mut cache));
+        let expected: Vec<f32> = case.iter().flat_map(|&(r, n)| at((r, n))).collect();
+        let e = rel_err(&got, &expected);
+        assert!(e < TOL, "{case:?} first step: relative error {e}");
 
-    // Row 1 leaves; rows 2 and 0 go on, in that order.
-    cache.retain_rows(&[2, 0]);
-    let next = vec![rows[2][lens[2] + 1], rows[0][lens[0] + 1]];
-    let got = to_vec(model.forward_cached(matrix(next, 2, 1), &mut cache));
-    let expected: Vec<f32> = [2, 0].iter().flat_map(|&r| at(r, lens[r] + 1)).collect();
-    let e = rel_err(&got, &expected);
-    assert!(e < TOL, "after retaining rows 2 and 0: relative error {e}");
+        // Row 1 leaves; rows 2 and 0 go on, in that order.
+        cache.retain_rows(&[2, 0]);
+        let kept = [case[2], case[0]];
+        let next: Vec<i64> = kept.iter().map(|&(r, n)| rows[r][n + 1]).collect();
+        let got = to_vec(model.forward_cached(column(next), &mut cache));
+        let expected: Vec<f32> = kept.iter().flat_map(|&(r, n)| at((r, n + 1))).collect();
+        let e = rel_err(&got, &expected);
+        assert!(
+            e < TOL,
+            "{case:?} after retaining rows 2 and 0: relative error {e}"
+        );
+    }
 }
 
 /// Batched generation gives every prompt the tokens it gets alone, greedy and sampled, with rows
@@ -236,6 +245,31 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         assert!(
             batched.iter().any(|r| r.len() == max_new),
             "some row runs to the end: {batched:?}"
+        );
+    }
+    // Prompts with a common prefix (row 0's first 5 tokens), which the batch computes once.
+    let shared: Vec<Vec<u32>> = [13, 6, 9, 7]
+        .iter()
+        .map(|&n| prompts[0][..n].to_vec())
+        .collect();
+    let refs: Vec<&[u32]> = shared.iter().map(Vec::as_slice).collect();
+    for config in [
+        greedy.clone(),
+        decpo_model::SamplingConfig {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 3,
+        },
+    ] {
+        let batched = decpo_model::generate_batch(&model, &refs, max_new, &[], &config, &device);
+        let one_by_one: Vec<Vec<u32>> = shared
+            .iter()
+            .map(|p| decpo_model::generate(&model, p, max_new, &[], &config, &device))
+            .collect();
+        assert_eq!(
+            batched, one_by_one,
+            "shared prefix, temperature {}",
+            config.temperature
         );
     }
 }

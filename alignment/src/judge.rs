@@ -10,7 +10,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use decpo_datasets::tokenize::TokenizedPair;
 use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{
-    ChatMessage, GENERATION_BATCH, Llama, LlamaTokenizer, SamplingConfig, generate_batch,
+    ChatMessage, GENERATION_BATCH, Llama, LlamaTokenizer, SamplingConfig, generate_batch, prefill,
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,8 +132,8 @@ impl<'a, B: Backend> Judge<'a, B> {
         Ok(v.pop().expect("one verdict per item"))
     }
 
-    /// The judge's answers about many `(prompt, response, reference)` items, read as one
-    /// left-padded batch.
+    /// The judge's answers about many `(prompt, response, reference)` items, read as one batch
+    /// (their common prefix once, see [`prefill`]).
     pub fn verdicts(
         &self,
         question: JudgeQuestion,
@@ -151,32 +151,18 @@ impl<'a, B: Backend> Judge<'a, B> {
                     .map_err(|e| AlignError::Judge(format!("tokenizer: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
-        if longest == 0 || texts.iter().any(Vec::is_empty) {
+        if texts.iter().any(Vec::is_empty) {
             return Err(AlignError::Judge(
                 "a judge question encodes to no tokens".into(),
             ));
         }
-        let pads: Vec<usize> = texts.iter().map(|t| longest - t.len()).collect();
-        let ids: Vec<i64> = texts
-            .iter()
-            .zip(&pads)
-            .flat_map(|(t, &pad)| {
-                std::iter::repeat_n(0, pad).chain(t.iter().map(|&i| i64::from(i)))
-            })
-            .collect();
-        let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids, [texts.len(), longest]),
-            &self.device,
-        );
-        let mut cache = self.model.new_padded_cache(pads, longest);
+        let texts: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        let (_, logits) = prefill(self.model, &texts, 0, &self.device);
         let answers = Tensor::<B, 1, Int>::from_data(
             TensorData::new(vec![i64::from(self.yes), i64::from(self.no)], [2]),
             &self.device,
         );
-        let logits = self
-            .model
-            .forward_cached(ids, &mut cache)
+        let logits = logits
             .select(1, answers)
             .into_data()
             .convert::<f64>()

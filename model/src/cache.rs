@@ -5,10 +5,11 @@
 //! (`slice_assign`, in place while the cache holds the only reference) and attention reads the
 //! filled prefix. Nothing is concatenated per token; a step past the capacity doubles it.
 //!
-//! A batch of prompts of different lengths is left-padded: row `r` starts with `pads[r]` padding
-//! columns, which no query attends to (except a padding column to itself, so that no row of the
-//! softmax is empty) and which do not count as positions: the first real token of every row is at
-//! position 0, as it would be alone.
+//! A batch of prompts of different lengths is padded: row `r` has `pads[r]` padding columns
+//! from column `pad_start` on (0: left padding; after a shared prefix: between it and the row's
+//! own tokens). No query attends to a padding column (except the padding column itself, so that
+//! no row of the softmax is empty), and padding does not count as positions: every real token
+//! sits at the position it would have alone.
 
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -18,7 +19,9 @@ pub struct KvCache<B: Backend> {
     /// Columns filled so far (padding included).
     len: usize,
     capacity: usize,
-    /// Left-padding columns of each row; empty means no padding.
+    /// Where each row's padding begins.
+    pad_start: usize,
+    /// Padding columns of each row; empty means no padding.
     pads: Vec<usize>,
 }
 
@@ -29,15 +32,8 @@ impl<B: Backend> KvCache<B> {
             layers: vec![None; num_layers],
             len: 0,
             capacity: capacity.max(1),
+            pad_start: 0,
             pads: Vec::new(),
-        }
-    }
-
-    /// The same for a left-padded batch: row `r` begins with `pads[r]` padding columns.
-    pub fn with_left_padding(num_layers: usize, capacity: usize, pads: Vec<usize>) -> Self {
-        Self {
-            pads,
-            ..Self::new(num_layers, capacity)
         }
     }
 
@@ -50,9 +46,35 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// Padding columns at the start of row `row`.
-    pub fn pad(&self, row: usize) -> usize {
+    /// Row `row`'s padding begins at the next column (after a shared prefix already cached) and
+    /// spans `pads[row]` columns.
+    pub fn pad_next(&mut self, pads: Vec<usize>) {
+        self.pad_start = self.len;
+        self.pads = pads;
+    }
+
+    fn pad(&self, row: usize) -> usize {
         self.pads.get(row).copied().unwrap_or(0)
+    }
+
+    /// Whether column `col` of row `row` is padding.
+    pub fn is_padding(&self, row: usize, col: usize) -> bool {
+        col >= self.pad_start && col < self.pad_start + self.pad(row)
+    }
+
+    /// The position of column `col` of row `row`: its index less the padding before it (a
+    /// padding column gets the position of the column before the padding).
+    pub fn position(&self, row: usize, col: usize) -> usize {
+        if col < self.pad_start {
+            col
+        } else {
+            col.saturating_sub(self.pad(row)).max(self.pad_start)
+        }
+    }
+
+    /// One row becomes `n` copies of it (a shared prefix handed to every row of a batch).
+    pub fn repeat_row(&mut self, n: usize) {
+        self.retain_rows(&vec![0; n]);
     }
 
     /// Writes this step's keys/values of `layer` (`[batch, kv_heads, new, head_dim]`) after the

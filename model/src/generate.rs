@@ -4,6 +4,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::cache::KvCache;
 use crate::llama::Llama;
 
 /// Prompts decoded together in one batch by the binaries (generation, and the judge's questions).
@@ -88,10 +89,60 @@ pub fn generate<B: Backend>(
         .expect("one row per prompt")
 }
 
-/// Continues every prompt (each non-empty) together, left-padded into one batch: each row stops
-/// at its own stop token, and a finished row leaves the batch. Row `i` samples from its own
-/// generator seeded with `config.seed`, so its tokens are those [`generate`] gives for
-/// `prompts[i]` alone (up to the float rounding of a wider batch).
+/// Runs `prompts` (each non-empty) through a new cache as one batch, with room for `room` more
+/// columns, and returns the cache and the logits after every prompt's last token, `[batch,
+/// vocab]`. The prompts' common prefix (say a chat template's system turn; at most all but the
+/// last token of the shortest) is computed once and shared by every row; the rest of each prompt
+/// follows it, padded on the left to the longest.
+pub fn prefill<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[&[u32]],
+    room: usize,
+    device: &B::Device,
+) -> (KvCache<B>, Tensor<B, 2>) {
+    assert!(
+        !prompts.is_empty() && prompts.iter().all(|p| !p.is_empty()),
+        "prefill: every prompt needs a token"
+    );
+    let ids = |ids: Vec<i64>, rows: usize| {
+        let width = ids.len() / rows;
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, width]), device)
+    };
+    let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+    let shared = if prompts.len() == 1 {
+        0
+    } else {
+        (0..shortest - 1)
+            .take_while(|&i| prompts.iter().all(|p| p[i] == prompts[0][i]))
+            .count()
+    };
+    let longest = prompts.iter().map(|p| p.len() - shared).max().unwrap_or(0);
+    let mut cache = model.new_cache(shared + longest + room);
+    if shared > 0 {
+        let prefix = prompts[0][..shared].iter().map(|&t| t as i64).collect();
+        model.forward_cached(ids(prefix, 1), &mut cache);
+        cache.repeat_row(prompts.len());
+    }
+    let pads: Vec<usize> = prompts
+        .iter()
+        .map(|p| longest - (p.len() - shared))
+        .collect();
+    let rest: Vec<i64> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| {
+            std::iter::repeat_n(0, pad).chain(p[shared..].iter().map(|&t| t as i64))
+        })
+        .collect();
+    cache.pad_next(pads);
+    let logits = model.forward_cached(ids(rest, prompts.len()), &mut cache);
+    (cache, logits)
+}
+
+/// Continues every prompt (each non-empty) together in one batch (see [`prefill`]): each row
+/// stops at its own stop token and leaves the batch. Row `i` samples from its own generator
+/// seeded with `config.seed`, so its tokens are those [`generate`] gives for `prompts[i]` alone
+/// (up to the float rounding of a wider batch).
 pub fn generate_batch<B: Backend>(
     model: &Llama<B>,
     prompts: &[&[u32]],
@@ -100,50 +151,42 @@ pub fn generate_batch<B: Backend>(
     config: &SamplingConfig,
     device: &B::Device,
 ) -> Vec<Vec<u32>> {
-    assert!(
-        prompts.iter().all(|p| !p.is_empty()),
-        "generate_batch: every prompt needs a token"
-    );
     let mut out = vec![Vec::with_capacity(max_new_tokens); prompts.len()];
-    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    if max_new_tokens == 0 || longest == 0 {
+    if max_new_tokens == 0 || prompts.is_empty() {
         return out;
     }
-    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut cache = model.new_padded_cache(pads.clone(), longest + max_new_tokens);
+    let (mut cache, mut logits) = prefill(model, prompts, max_new_tokens, device);
     let mut rngs: Vec<StdRng> = prompts
         .iter()
         .map(|_| StdRng::seed_from_u64(config.seed))
         .collect();
     // The batch's rows, as indices into `prompts`.
     let mut rows: Vec<usize> = (0..prompts.len()).collect();
-    let mut input: Vec<i64> = prompts
-        .iter()
-        .zip(&pads)
-        .flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&t| t as i64)))
-        .collect();
-    let mut width = longest;
-    for _ in 0..max_new_tokens {
-        let ids = TensorData::new(input, [rows.len(), width]);
-        let logits = model.forward_cached(Tensor::<B, 2, Int>::from_data(ids, device), &mut cache);
+    let mut next: Vec<i64> = Vec::new();
+    for step in 0..max_new_tokens {
+        if step > 0 {
+            let ids = TensorData::new(std::mem::take(&mut next), [rows.len(), 1]);
+            logits = model.forward_cached(Tensor::<B, 2, Int>::from_data(ids, device), &mut cache);
+        }
         let vocab = logits.dims()[1];
-        let logits = logits
+        let values = logits
+            .clone()
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("f32 after convert");
         let mut kept = Vec::with_capacity(rows.len());
-        input = Vec::with_capacity(rows.len());
+        let mut next_ids = Vec::with_capacity(rows.len());
         for (at, &row) in rows.iter().enumerate() {
-            let next = sample_token(
-                &logits[at * vocab..(at + 1) * vocab],
+            let token = sample_token(
+                &values[at * vocab..(at + 1) * vocab],
                 config,
                 &mut rngs[row],
             );
-            out[row].push(next);
-            if !stop_ids.contains(&next) {
+            out[row].push(token);
+            if !stop_ids.contains(&token) {
                 kept.push(at);
-                input.push(next as i64);
+                next_ids.push(token as i64);
             }
         }
         if kept.is_empty() {
@@ -153,7 +196,7 @@ pub fn generate_batch<B: Backend>(
             cache.retain_rows(&kept);
             rows = kept.iter().map(|&at| rows[at]).collect();
         }
-        width = 1;
+        next = next_ids;
     }
     out
 }

@@ -21,7 +21,7 @@ pub mod weights;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::{ModelError, Result};
-pub use generate::{GENERATION_BATCH, SamplingConfig, generate, generate_batch};
+pub use generate::{GENERATION_BATCH, SamplingConfig, generate, generate_batch, prefill};
 pub use linear::Projection;
 pub use llama::{Llama, LlamaOutput};
 pub use logprobs::{CompletionBatch, SequenceLogps, completion_logps};

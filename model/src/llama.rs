@@ -165,8 +165,8 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Incremental forward for generation: runs `input_ids` `[batch, new]` after the cached
-    /// columns and returns the logits of the last new column, `[batch, vocab]`. A left-padded
-    /// batch (see [`KvCache::with_left_padding`]) passes its padding columns in the first call.
+    /// columns and returns the logits of the last new column, `[batch, vocab]`. A padded batch
+    /// (see [`KvCache`]) passes its padding columns like tokens.
     pub fn forward_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -176,18 +176,16 @@ impl<B: Backend> Llama<B> {
         let device = input_ids.device();
         let past = cache.len();
         let width = past + new;
-        // Row r's column c holds position c - pad (padding columns sit at position 0), as
-        // transformers numbers a left-padded row. (Attention scores under RoPE depend only on
-        // position differences, so this keeps the angles, not the results, the same as alone.)
-        // A query sees the real columns up to itself; a padding query sees itself alone, so that
-        // no row of the softmax is empty.
+        // Padding columns (see KvCache) do not count as positions, as transformers numbers a
+        // padded row. (Attention scores under RoPE depend only on position differences, so this
+        // keeps the angles, not the results, the same as alone.) A query sees the real columns
+        // up to itself; a padding query sees itself alone, so that no row of the softmax is empty.
         let mut positions = Vec::with_capacity(batch * new);
         let mut forbidden = Vec::with_capacity(batch * new * width);
         for row in 0..batch {
-            let pad = cache.pad(row);
             for q in past..width {
-                positions.push(q.saturating_sub(pad));
-                forbidden.extend((0..width).map(|k| k > q || (k < pad && k != q)));
+                positions.push(cache.position(row, q));
+                forbidden.extend((0..width).map(|k| k > q || (k != q && cache.is_padding(row, k))));
             }
         }
         let (cos, sin) = self.rope.tables_at::<B>(&positions, &device);
@@ -208,15 +206,9 @@ impl<B: Backend> Llama<B> {
         self.logits(last).reshape([batch, self.config.vocab_size])
     }
 
-    /// A cache for one prompt, with room for `capacity` positions before it grows.
+    /// An empty cache with room for `capacity` columns before it grows.
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
         KvCache::new(self.layers.len(), capacity)
-    }
-
-    /// A cache for a batch left-padded by `pads` columns per row, with room for `capacity`
-    /// columns (padding included) before it grows.
-    pub fn new_padded_cache(&self, pads: Vec<usize>, capacity: usize) -> KvCache<B> {
-        KvCache::with_left_padding(self.layers.len(), capacity, pads)
     }
 
     /// Freezes every weight and adds fresh adapters where `c` says: only the adapters train.
