@@ -162,21 +162,15 @@ pub fn generate_batch<B: Backend>(
         .collect();
     // The batch's rows, as indices into `prompts`.
     let mut rows: Vec<usize> = (0..prompts.len()).collect();
-    let mut next: Vec<i64> = Vec::new();
     for step in 0..max_new_tokens {
-        if step > 0 {
-            let ids = TensorData::new(std::mem::take(&mut next), [rows.len(), 1]);
-            logits = model.forward_cached(Tensor::<B, 2, Int>::from_data(ids, device), &mut cache);
-        }
         let vocab = logits.dims()[1];
         let values = logits
-            .clone()
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("f32 after convert");
         let mut kept = Vec::with_capacity(rows.len());
-        let mut next_ids = Vec::with_capacity(rows.len());
+        let mut next = Vec::with_capacity(rows.len());
         for (at, &row) in rows.iter().enumerate() {
             let token = sample_token(
                 &values[at * vocab..(at + 1) * vocab],
@@ -186,17 +180,18 @@ pub fn generate_batch<B: Backend>(
             out[row].push(token);
             if !stop_ids.contains(&token) {
                 kept.push(at);
-                next_ids.push(token as i64);
+                next.push(token as i64);
             }
         }
-        if kept.is_empty() {
+        if kept.is_empty() || step + 1 == max_new_tokens {
             break;
         }
         if kept.len() < rows.len() {
             cache.retain_rows(&kept);
             rows = kept.iter().map(|&at| rows[at]).collect();
         }
-        next = next_ids;
+        let ids = TensorData::new(next, [rows.len(), 1]);
+        logits = model.forward_cached(Tensor::<B, 2, Int>::from_data(ids, device), &mut cache);
     }
     out
 }
