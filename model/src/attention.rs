@@ -8,7 +8,7 @@ use burn::tensor::{Bool, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
 use crate::linear::Projection;
-use crate::rope::apply_rotary;
+use crate::rope::RopeTables;
 
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
@@ -42,30 +42,21 @@ impl<B: Backend> LlamaAttention<B> {
     }
 
     /// - `x`: `[batch, seq, hidden]`
-    /// - `cos`, `sin`: `[1 or batch, 1, seq, head_dim]` for this chunk's positions
+    /// - `rope`: RoPE's tables for this chunk's positions
     /// - `mask`: `[batch, 1, seq, kv_len]`, true where attention is forbidden
     /// - `cache`: `(cache, layer)` when generating incrementally
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &RopeTables<B>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = apply_rotary(
-            heads(self.q_proj.forward(x.clone()), self.num_heads),
-            cos,
-            sin,
-        );
-        let k = apply_rotary(
-            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
-            cos,
-            sin,
-        );
+        let q = heads(rope.queries(self.q_proj.forward(x.clone())), self.num_heads);
+        let k = heads(rope.keys(self.k_proj.forward(x.clone())), self.num_kv_heads);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.extend(layer, k, v),

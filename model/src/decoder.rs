@@ -11,6 +11,7 @@ use crate::linear::Projection;
 use crate::mlp::LlamaMlp;
 use crate::names::PROJECTIONS;
 use crate::precision::rms_norm;
+use crate::rope::RopeTables;
 
 #[derive(Module, Debug)]
 pub struct LlamaDecoderLayer<B: Backend> {
@@ -45,15 +46,13 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &RopeTables<B>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let attn = self.self_attn.forward(
             rms_norm(&self.input_layernorm, x.clone()),
-            cos,
-            sin,
+            rope,
             mask,
             cache,
         );

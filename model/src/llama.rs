@@ -11,7 +11,7 @@ use crate::decoder::LlamaDecoderLayer;
 use crate::linear::Projection;
 use crate::lora::LoraConfig;
 use crate::precision::{ToF32, compute_dtype, rms_norm, weight_for};
-use crate::rope::RotaryEmbedding;
+use crate::rope::{RopeTables, RotaryEmbedding};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -112,8 +112,8 @@ impl<B: Backend> Llama<B> {
         }
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
-        let (cos, sin) = self.rope.tables::<B>(0, seq, &device);
-        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let positions: Vec<usize> = (0..seq).collect();
+        let rope = self.rope_tables(&positions, 1, &device);
         let causal = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device)
             .unsqueeze::<4>()
             .expand([batch, 1, seq, seq]);
@@ -126,7 +126,7 @@ impl<B: Backend> Llama<B> {
         let mut x = self.embed(input_ids);
         let mut captured: Vec<Option<Tensor<B, 3>>> = vec![None; capture.len()];
         for (i, layer) in self.layers.iter().enumerate() {
-            let (out, up) = layer.forward(x, &cos, &sin, &mask, None);
+            let (out, up) = layer.forward(x, &rope, &mask, None);
             x = out;
             for (slot, _) in captured.iter_mut().zip(capture).filter(|(_, l)| **l == i) {
                 *slot = Some(up.clone());
@@ -188,22 +188,30 @@ impl<B: Backend> Llama<B> {
                 forbidden.extend((0..width).map(|k| k > q || (k != q && cache.is_padding(row, k))));
             }
         }
-        let (cos, sin) = self.rope.tables_at::<B>(&positions, &device);
-        let (cos, sin) = (
-            cos.reshape([batch, 1, new, self.config.head_dim]),
-            sin.reshape([batch, 1, new, self.config.head_dim]),
-        );
+        let rope = self.rope_tables(&positions, batch, &device);
         let mask = Tensor::<B, 4, Bool>::from_data(
             TensorData::new(forbidden, [batch, 1, new, width]),
             &device,
         );
         let mut x = self.embed(input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &cos, &sin, &mask, Some((cache, i))).0;
+            x = layer.forward(x, &rope, &mask, Some((cache, i))).0;
         }
         cache.advance(new);
         let last = rms_norm(&self.norm, x.narrow(1, new - 1, 1));
         self.logits(last).reshape([batch, self.config.vocab_size])
+    }
+
+    /// RoPE's tables for `rows` rows of `positions.len() / rows` positions each.
+    fn rope_tables(&self, positions: &[usize], rows: usize, device: &B::Device) -> RopeTables<B> {
+        let c = &self.config;
+        self.rope.tables(
+            positions,
+            rows,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            device,
+        )
     }
 
     /// An empty cache with room for `capacity` columns before it grows.

@@ -43,26 +43,21 @@ impl RotaryEmbedding {
         Self { inv_freq }
     }
 
-    /// `(cos, sin)`, each `[len, head_dim]`, for positions `start..start + len`.
+    /// The tables for one forward pass: `positions` holds `rows * seq` positions, row by row
+    /// (`rows` is 1 when every row of the batch has the same positions, else the batch size).
     pub fn tables<B: Backend>(
         &self,
-        start: usize,
-        len: usize,
-        device: &B::Device,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let positions: Vec<usize> = (start..start + len).collect();
-        self.tables_at(&positions, device)
-    }
-
-    /// `(cos, sin)`, each `[positions.len(), head_dim]`, one row per position given.
-    pub fn tables_at<B: Backend>(
-        &self,
         positions: &[usize],
+        rows: usize,
+        heads: usize,
+        kv_heads: usize,
         device: &B::Device,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    ) -> RopeTables<B> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * 2 * half);
-        let mut sin = Vec::with_capacity(positions.len() * 2 * half);
+        let dim = 2 * half;
+        // Per position: cos of the angles twice, and the sine as rotate_half needs it, `[-sin, sin]`.
+        let mut cos = Vec::with_capacity(positions.len() * dim);
+        let mut sin = Vec::with_capacity(positions.len() * dim);
         for &pos in positions {
             // Angles in f32 as transformers forms them; cos/sin of that f32 value.
             let angles: Vec<f64> = self
@@ -70,32 +65,73 @@ impl RotaryEmbedding {
                 .iter()
                 .map(|f| (pos as f32 * f) as f64)
                 .collect();
-            for _ in 0..2 {
+            for sign in [-1.0f32, 1.0] {
                 cos.extend(angles.iter().map(|a| a.cos() as f32));
-                sin.extend(angles.iter().map(|a| a.sin() as f32));
+                sin.extend(angles.iter().map(|a| sign * a.sin() as f32));
             }
         }
-        let shape = [positions.len(), 2 * half];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        // Laid out like a projection's output `[seq, heads * head_dim]`: each position's values
+        // repeated for every head, one table row per batch row (or one for all).
+        let per_heads = |table: &[f32], n: usize| {
+            let data: Vec<f32> = table
+                .chunks(dim)
+                .flat_map(|p| std::iter::repeat_n(p, n).flatten().copied())
+                .collect();
+            let width = data.len() / rows;
+            Tensor::<B, 2>::from_data(TensorData::new(data, [rows, width]), device)
+        };
+        RopeTables {
+            q: (per_heads(&cos, heads), per_heads(&sin, heads)),
+            k: (per_heads(&cos, kv_heads), per_heads(&sin, kv_heads)),
+            head_dim: dim,
+        }
     }
 }
 
-/// Applies RoPE to `x` `[batch, heads, seq, head_dim]` with tables `[1, 1, seq, head_dim]` (one
-/// position per column) or `[batch, 1, seq, head_dim]` (one per row and column):
-/// `x * cos + rotate_half(x) * sin`, `rotate_half([x1, x2]) = [-x2, x1]`.
-pub fn apply_rotary<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.clone().narrow(3, d / 2, d / 2);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+/// RoPE's cos and signed sin for one forward pass, for the query heads and for the key heads,
+/// each `[1 or batch, seq * heads * head_dim]`: the layout of a projection's output, so that
+/// applying them is two multiplications of contiguous tensors (a `[seq, head_dim]` table
+/// broadcast over `[batch, heads, seq, head_dim]` made the CPU backend walk every element by
+/// strides).
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    q: (Tensor<B, 2>, Tensor<B, 2>),
+    k: (Tensor<B, 2>, Tensor<B, 2>),
+    head_dim: usize,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// RoPE on the query projection's output `[batch, seq, heads * head_dim]`.
+    pub fn queries(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        rotate(x, &self.q, self.head_dim)
+    }
+
+    /// RoPE on the key projection's output `[batch, seq, kv_heads * head_dim]`.
+    pub fn keys(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        rotate(x, &self.k, self.head_dim)
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` per head, `rotate_half([x1, x2]) = [-x2, x1]`, as
+/// transformers computes it: the sign lives in the table (`[x2, x1] * [-sin, sin]`), which
+/// rounds the same.
+fn rotate<B: Backend>(
+    x: Tensor<B, 3>,
+    (cos, sin): &(Tensor<B, 2>, Tensor<B, 2>),
+    head_dim: usize,
+) -> Tensor<B, 3> {
+    let [batch, seq, width] = x.dims();
+    let half = head_dim / 2;
+    let per_head = x.reshape([batch * seq * width / head_dim, head_dim]);
+    let swapped = Tensor::cat(
+        vec![
+            per_head.clone().narrow(1, half, half),
+            per_head.clone().narrow(1, 0, half),
+        ],
+        1,
+    );
+    let flat = |t: Tensor<B, 2>| t.reshape([batch, seq * width]);
+    (flat(per_head) * cos.clone() + flat(swapped) * sin.clone()).reshape([batch, seq, width])
 }
 
 #[cfg(test)]
