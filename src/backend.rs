@@ -29,7 +29,9 @@ pub type Autodiff = burn::backend::Autodiff<Backend>;
 
 pub type Device = <Backend as burn::tensor::backend::BackendTypes>::Device;
 
+/// The default device. The first call also tunes the host allocator (see [`keep_freed_memory`]).
 pub fn device() -> Device {
+    keep_freed_memory();
     Default::default()
 }
 
@@ -37,9 +39,35 @@ pub fn device() -> Device {
 /// `discrete:N`, `integrated:N`, `virtual:N` or `cpu` (wgpu); `cpu` (ndarray, flex). A device
 /// named twice gets two workers.
 pub fn devices(list: &str) -> anyhow::Result<Vec<Device>> {
+    keep_freed_memory();
     list.split(',')
         .map(|name| parse_device(name.trim()))
         .collect()
+}
+
+/// Makes glibc's allocator keep freed memory for the next allocation instead of returning it to
+/// the system: blocks up to 32 MiB come from the heap (not a fresh `mmap` each), and the heap is
+/// not trimmed. A training step frees and reallocates about a gigabyte of activations; with
+/// glibc's defaults much of it came back as fresh pages that the kernel zeroed on first touch
+/// (1.1 million page faults in 4 steps of the SmolLM2 bench, up to a fifth of the main thread's
+/// time in one profile, and a step time that changed from run to run with the allocator's
+/// history). Measured with the bench (4 pairs x 64 tokens, 2 threads, AMD EPYC, 4 runs each in
+/// turn): system time 3.3 -> 1.8 s, wall 0.95x (0.87-1.03), peak RSS unchanged. Once per process; elsewhere
+/// than glibc, nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only sets allocator parameters (under glibc's own locks) and
+            // takes no pointers.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+                libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+            }
+        });
+    }
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
