@@ -189,6 +189,10 @@ pub fn analyze_model<B: Backend>(
         .filter(|p| !p.is_empty())
         .take(n)
         .collect();
+    if prompts.is_empty() {
+        let side = if all_prompts { "" } else { "held-out " };
+        bail!("no {side}prompts to measure {name} on (see the data summary above)");
+    }
     let layers = layers(model.config.num_hidden_layers)?;
     analyze_loaded(
         name,

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use decpo_alignment::measure::{LayerMeasure, measure_layers};
@@ -18,7 +18,7 @@ use decpo_datasets::{BatchIds, TokenizedPair};
 use decpo_model::{Llama, LlamaTokenizer, load_pretrained, save_hf_dir, save_lora_adapters};
 use serde::{Deserialize, Serialize};
 
-use super::config::{RunConfig, SftPhase};
+use super::config::{DataConfig, RunConfig, SftPhase};
 use super::data::{eos_id, prepare, write_heldout};
 use super::embedded;
 
@@ -78,6 +78,29 @@ pub struct JobData {
 pub fn data(c: &RunConfig, tok: &LlamaTokenizer, model_name: &str) -> anyhow::Result<JobData> {
     let eos = eos_id(tok, model_name)?;
     let prepared = prepare(&c.data, tok, eos, c.train.seed)?;
+    // A run trains on one side and measures on the other: neither may be empty.
+    for (pairs, side, fix) in [
+        (
+            &prepared.train,
+            "training",
+            "more rows, or a smaller data.eval_fraction",
+        ),
+        (
+            &prepared.eval,
+            "held-out",
+            "data.eval_fraction > 0 (a run measures on held-out pairs) or data.eval_files",
+        ),
+    ] {
+        if pairs.is_empty() {
+            bail!(
+                "{}no {side} pairs in {}: {} training and {} held-out pairs usable; needs {fix}",
+                prepared.summary,
+                files(&c.data),
+                prepared.train.len(),
+                prepared.eval.len(),
+            );
+        }
+    }
     let ids = BatchIds {
         pad: tok.pad_id(),
         eos,
@@ -87,6 +110,17 @@ pub fn data(c: &RunConfig, tok: &LlamaTokenizer, model_name: &str) -> anyhow::Re
         eval: pair_set(prepared.eval, ids),
         summary: prepared.summary,
     })
+}
+
+/// The data files of a run, for messages.
+fn files(data: &DataConfig) -> String {
+    let names: Vec<String> = data
+        .files
+        .iter()
+        .chain(&data.eval_files)
+        .map(|p| p.display().to_string())
+        .collect();
+    names.join(", ")
 }
 
 /// Most held-out prompts measured for FD/AV (SPEC section 4: N = 1000).
