@@ -83,7 +83,7 @@ pub fn data(c: &RunConfig, tok: &LlamaTokenizer, model_name: &str) -> anyhow::Re
         (
             &prepared.train,
             "training",
-            "more rows, or a smaller data.eval_fraction",
+            "more usable rows (see the invalid and dropped counts above) or a smaller data.eval_fraction",
         ),
         (
             &prepared.eval,
