@@ -43,7 +43,8 @@ impl<B: Backend> LlamaAttention<B> {
 
     /// - `x`: `[batch, seq, hidden]`
     /// - `rope`: RoPE's tables for this chunk's positions
-    /// - `mask`: `[batch, 1, seq, kv_len]`, true where attention is forbidden
+    /// - `mask`: `[batch, kv_heads, groups * seq, kv_len]` (see [`stack_mask`]), true where
+    ///   attention is forbidden
     /// - `cache`: `(cache, layer)` when generating incrementally
     pub fn forward(
         &self,
@@ -64,20 +65,30 @@ impl<B: Backend> LlamaAttention<B> {
         };
         // Grouped-query attention without copying keys and values per query head: query head h
         // reads kv head h / groups, so the `groups` query heads of one kv head are stacked as
-        // `groups * seq` query rows against it.
+        // `groups * seq` query rows against it (the mask comes stacked the same way).
         let groups = self.num_heads / self.num_kv_heads;
-        let kv_len = k.dims()[2];
         let q = q.reshape([batch, self.num_kv_heads, groups * seq, self.head_dim]);
-        let mask = mask
-            .clone()
-            .unsqueeze_dim::<5>(1)
-            .expand([batch, self.num_kv_heads, groups, seq, kv_len])
-            .reshape([batch, self.num_kv_heads, groups * seq, kv_len]);
-        let out = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
+        let mask = Some(mask.clone());
+        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
         let out = out
             .reshape([batch, self.num_heads, seq, self.head_dim])
             .swap_dims(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
+}
+
+/// The attention mask `[batch, 1, seq, kv_len]` laid out for grouped-query attention's stacked
+/// query rows: `[batch, kv_heads, groups * seq, kv_len]`, row `g * seq + i` of kv head `h` being
+/// query position `i` of query head `h * groups + g`. Built once per forward and shared by every
+/// layer (expanding it in each layer copied it once per layer).
+pub fn stack_mask<B: Backend>(
+    mask: Tensor<B, 4, Bool>,
+    kv_heads: usize,
+    groups: usize,
+) -> Tensor<B, 4, Bool> {
+    let [batch, _, seq, kv_len] = mask.dims();
+    mask.unsqueeze_dim::<5>(1)
+        .expand([batch, kv_heads, groups, seq, kv_len])
+        .reshape([batch, kv_heads, groups * seq, kv_len])
 }

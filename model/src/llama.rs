@@ -5,6 +5,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::tensor::module::linear;
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
+use crate::attention::stack_mask;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::decoder::LlamaDecoderLayer;
@@ -121,7 +122,7 @@ impl<B: Backend> Llama<B> {
             .equal_elem(0)
             .reshape([batch, 1, 1, seq])
             .expand([batch, 1, seq, seq]);
-        let mask = causal.bool_or(padding);
+        let mask = self.stack_mask(causal.bool_or(padding));
 
         let mut x = self.embed(input_ids);
         let mut captured: Vec<Option<Tensor<B, 3>>> = vec![None; capture.len()];
@@ -189,10 +190,10 @@ impl<B: Backend> Llama<B> {
             }
         }
         let rope = self.rope_tables(&positions, batch, &device);
-        let mask = Tensor::<B, 4, Bool>::from_data(
+        let mask = self.stack_mask(Tensor::<B, 4, Bool>::from_data(
             TensorData::new(forbidden, [batch, 1, new, width]),
             &device,
-        );
+        ));
         let mut x = self.embed(input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &rope, &mask, Some((cache, i))).0;
@@ -200,6 +201,13 @@ impl<B: Backend> Llama<B> {
         cache.advance(new);
         let last = rms_norm(&self.norm, x.narrow(1, new - 1, 1));
         self.logits(last).reshape([batch, self.config.vocab_size])
+    }
+
+    /// `mask` `[batch, 1, seq, kv_len]` as every layer's attention reads it (see [`stack_mask`]).
+    fn stack_mask(&self, mask: Tensor<B, 4, Bool>) -> Tensor<B, 4, Bool> {
+        let c = &self.config;
+        let groups = c.num_attention_heads / c.num_key_value_heads;
+        stack_mask(mask, c.num_key_value_heads, groups)
     }
 
     /// RoPE's tables for `rows` rows of `positions.len() / rows` positions each.
