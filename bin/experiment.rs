@@ -13,7 +13,7 @@ use clap::Parser;
 
 use decpo::experiment::methods::parse_methods;
 use decpo::experiment::report;
-use decpo::experiment::run::Experiment;
+use decpo::experiment::run::{Experiment, Sweep};
 use decpo::run::cli::{ConfigArgs, DataArgs, RegularizerArgs, TrainArgs};
 use decpo::run::{RunConfig, embedded};
 
@@ -63,6 +63,13 @@ struct Args {
     /// Sampling temperature of the generation eval (0: greedy).
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
+    /// Dose-response sweep: DecPO once per gradient ratio (comma-separated; λ set on each run's
+    /// first step so that ‖∇λL_dec‖ = ratio·‖∇L_pref‖) instead of once.
+    #[arg(long)]
+    regularizer_lambda_ratios: Option<String>,
+    /// With the sweep: the layers to regularize, comma-separated (default: --regularizer-layer's).
+    #[arg(long)]
+    regularizer_layers: Option<String>,
     /// Only rewrite the report of `--out` from its results.json (no training).
     #[arg(long)]
     report_only: bool,
@@ -76,6 +83,24 @@ fn list<T: std::str::FromStr>(flag: &str, s: &str) -> anyhow::Result<Vec<T>> {
                 .map_err(|_| anyhow::anyhow!("--{flag}: cannot read `{x}`"))
         })
         .collect()
+}
+
+/// The sweep of `--regularizer-lambda-ratios` and `--regularizer-layers`, if asked for.
+fn sweep(args: &Args) -> anyhow::Result<Option<Sweep>> {
+    let layers = match &args.regularizer_layers {
+        Some(l) => list("regularizer-layers", l)?,
+        None => Vec::new(),
+    };
+    match &args.regularizer_lambda_ratios {
+        Some(r) => Ok(Some(Sweep {
+            lambda_ratios: list("regularizer-lambda-ratios", r)?,
+            layers,
+        })),
+        None if !layers.is_empty() => {
+            anyhow::bail!("--regularizer-layers sweeps with --regularizer-lambda-ratios")
+        }
+        None => Ok(None),
+    }
 }
 
 /// The shared configuration of every run, before the method is applied.
@@ -107,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         report::rewrite(&args.out)?
     } else {
         let config = base_config(&args)?;
+        let sweep = sweep(&args)?;
         if args.config.printed(&config)? {
             return Ok(());
         }
@@ -123,6 +149,8 @@ fn main() -> anyhow::Result<()> {
             temperature: args.temperature,
             judge: args.judge,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            sweep,
+            judge_check: None,
         }
         .run()?
     };

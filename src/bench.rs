@@ -130,6 +130,8 @@ fn decpo_model(config: &LlamaConfig, case: &BenchCase) -> DecpoModel<Autodiff> {
             },
             logits_chunk: case.logits_chunk,
             max_grad_norm: Some(1.0),
+            // The same work as scripts/bench_torch.py's step: no second forward for the split.
+            split_grad_norm: false,
         },
     }
 }

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use decpo_datasets::{
-    BatchIds, LengthStats, PreferenceBatch, SplitRule, Task, TokenizeConfig, TokenizedPair, Turns,
-    load_pairs, split, tokenize_pairs,
+    BatchIds, LengthStats, PreferenceBatch, SplitRule, Task, Template, TokenizeConfig,
+    TokenizedPair, Turns, load_pairs, split, tokenize_pairs,
 };
 use decpo_model::LlamaTokenizer;
 use decpo_model::weights::gguf::GgufFile;
@@ -32,6 +32,7 @@ fn config() -> TokenizeConfig {
         max_prompt_length: 128,
         max_length: 256,
         eos_id: 2,
+        template: decpo_datasets::Template::Raw,
     }
 }
 
@@ -189,7 +190,7 @@ fn batch_and_split_match_the_python_reference() {
     assert_eq!(batch.completion_mask, ints(&want["completion_mask"]));
 
     let n = tokenized.len();
-    let (train, eval) = split(tokenized, SplitRule::default());
+    let (train, eval) = split(tokenized, SplitRule::default(), |p| p.prompt_ids.clone());
     let s = &golden["split"]["hh-rlhf"];
     assert_eq!(
         (n as u64, train.len() as u64, eval.len() as u64),
@@ -215,9 +216,11 @@ fn conversational_parquet_renders_with_the_chat_template() {
         prompt,
         format!("{system}<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n")
     );
+    // The completion ends at the template's end of turn, the EOS: no line break after it and no
+    // second EOS (TRL appends one after the `\n`).
     assert_eq!(
         (chosen.as_str(), rejected.as_str()),
-        ("4.<|im_end|>\n", "22.<|im_end|>\n")
+        ("4.<|im_end|>", "22.<|im_end|>")
     );
     let (tokenized, report) =
         tokenize_pairs(tokenizer(), &loaded.pairs, &config(), |_| {}).unwrap();
@@ -225,6 +228,79 @@ fn conversational_parquet_renders_with_the_chat_template() {
     let tok = tokenizer();
     assert_eq!(
         tok.decode(&tokenized[1].chosen_ids, false).unwrap(),
-        "Blue.<|im_end|>\n<|im_end|>"
+        "Blue.<|im_end|>"
     );
+}
+
+const SMOLLM2_SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+
+#[test]
+fn templates_lay_out_text_pairs_for_the_model() {
+    let file = shared_data().join("cognitive-reframing/reframing_dataset.csv");
+    let loaded = load_pairs(&file, &Task::CognitiveReframing, false).unwrap();
+    let pairs = &loaded.pairs[..3];
+    let tok = tokenizer();
+    let decode = |ids: &[u32]| tok.decode(ids, false).unwrap();
+    let (situation, reframe) = (text(&pairs[0].prompt), text(&pairs[0].chosen));
+    assert_eq!(situation, "A Roomate of mine stole my comptuer");
+
+    // chat: the situation is the user's turn, the reframe the assistant's, ending at one EOS.
+    let chat = TokenizeConfig {
+        template: Template::Chat,
+        ..config()
+    };
+    let (t, report) = tokenize_pairs(tok, pairs, &chat, |_| {}).unwrap();
+    assert_eq!(report.prompt_not_token_prefix, 0);
+    assert_eq!(
+        decode(&t[0].prompt_ids),
+        format!("{SMOLLM2_SYSTEM}<|im_start|>user\n{situation}<|im_end|>\n<|im_start|>assistant\n")
+    );
+    assert_eq!(decode(&t[0].chosen_ids), format!("{reframe}<|im_end|>"));
+    for ids in [&t[0].chosen_ids, &t[0].rejected_ids] {
+        let n = ids.len();
+        assert_eq!(
+            (ids[n - 1], ids[n - 2] == 2),
+            (2, false),
+            "one EOS at the end"
+        );
+    }
+
+    // plain: a line break between situation and reframe; raw: run together as in the file.
+    let plain = TokenizeConfig {
+        template: Template::Plain,
+        ..config()
+    };
+    let (t, _) = tokenize_pairs(tok, pairs, &plain, |_| {}).unwrap();
+    let joined = format!("{}{}", decode(&t[0].prompt_ids), decode(&t[0].chosen_ids));
+    assert_eq!(joined, format!("{situation}\n{reframe}<|im_end|>"));
+    let (t, _) = tokenize_pairs(tok, pairs, &config(), |_| {}).unwrap();
+    let joined = format!("{}{}", decode(&t[0].prompt_ids), decode(&t[0].chosen_ids));
+    assert_eq!(joined, format!("{situation}{reframe}<|im_end|>"));
+}
+
+#[test]
+fn the_by_prompt_split_holds_out_whole_situations() {
+    let file = shared_data().join("cognitive-reframing/reframing_dataset.csv");
+    let pairs = load_pairs(&file, &Task::CognitiveReframing, false)
+        .unwrap()
+        .pairs;
+    let prompt = |p: &decpo_datasets::PreferencePair| text(&p.prompt).to_string();
+    let shared = |(train, eval): (Vec<_>, Vec<_>)| {
+        let seen: std::collections::HashSet<String> = train.iter().map(prompt).collect();
+        eval.iter().filter(|p| seen.contains(&prompt(p))).count()
+    };
+    // A shuffled cut splits situations' reframes across both sides.
+    let shuffled = SplitRule::Shuffled {
+        eval_fraction: 0.1,
+        seed: 42,
+    };
+    assert!(shared(split(pairs.clone(), shuffled, prompt)) > 0);
+    let by_prompt = SplitRule::ByKey {
+        eval_fraction: 0.1,
+        seed: 42,
+    };
+    let (train, eval) = split(pairs.clone(), by_prompt, prompt);
+    assert!(eval.len() >= pairs.len() / 10, "{} held out", eval.len());
+    assert_eq!(train.len() + eval.len(), pairs.len());
+    assert_eq!(shared((train, eval)), 0);
 }

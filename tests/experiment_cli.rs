@@ -94,6 +94,33 @@ fn experiment_trains_every_method_and_the_measures_agree() {
         );
     }
 
+    // Run again, the finished runs are read back, not trained again: the same results. With
+    // another budget the runs on disk are not this experiment's: an error naming the run.
+    let again = run_ok(
+        env!("CARGO_BIN_EXE_experiment"),
+        &["--max-steps", "6", "--save-every", "3", "--out", "rep"],
+        d,
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr.matches("finished before").count(), 5, "{stderr}");
+    assert!(!stderr.contains("): training"), "{stderr}");
+    let results_again = read_json(&rep.join("results.json"));
+    assert_eq!(
+        &results_again["results"].as_array().unwrap()[1..],
+        &results[1..]
+    );
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_experiment"))
+        .args(["--max-steps", "4", "--save-every", "2", "--out", "rep"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success());
+    assert!(
+        stderr.contains("runs/sft-s42 holds a run of another configuration"),
+        "{stderr}"
+    );
+
     // `analyze` on the exported DPO model and its run directory gives the experiment's numbers.
     let data = d.join("rep/runs/base/embedded-data/sort-digits.jsonl");
     let out = run_ok(
@@ -146,5 +173,73 @@ fn experiment_trains_every_method_and_the_measures_agree() {
     for p in pairs {
         assert_eq!(p["logps_chosen"], p["ref_logps_chosen"]);
         assert!((p["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn a_sweep_runs_decpo_per_gradient_ratio_and_reports_the_dose_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_ok(
+        env!("CARGO_BIN_EXE_experiment"),
+        &[
+            "--methods",
+            "dpo,decpo",
+            "--regularizer-lambda-ratios",
+            "0.5,2",
+            "--regularizer-site",
+            "completion-mean",
+            "--max-steps",
+            "4",
+            "--save-every",
+            "2",
+            "--gen-prompts",
+            "0",
+            "--out",
+            "sw",
+        ],
+        d,
+    );
+    let rep = d.join("sw");
+    let results = read_json(&rep.join("results.json"));
+    let results = results["results"].as_array().unwrap();
+    let methods: Vec<&str> = results
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    // The embedded Llama has 4 layers: the regularizer's default layer is 4 / 3 = 1.
+    assert_eq!(methods, ["base", "dpo", "decpo-l1-r0.5", "decpo-l1-r2"]);
+    // Both variants set λ on the same first step from the same weights: λ scales with the ratio,
+    // and each run's config.toml keeps the λ it trained with.
+    let lambda = |m: &str| {
+        let r = results.iter().find(|r| r["method"] == m).unwrap();
+        let cal = &r["train"]["calibration"];
+        let saved = std::fs::read_to_string(rep.join(format!("runs/{m}-s42/config.toml"))).unwrap();
+        let saved: toml::Value = toml::from_str(&saved).unwrap();
+        let reg = &saved["objective"]["regularizer"];
+        assert_eq!(reg["lambda"].as_float(), cal["lambda"].as_f64(), "{m}");
+        assert_eq!(reg["lambda_ratio"].as_float(), cal["ratio"].as_f64(), "{m}");
+        cal["lambda"].as_f64().unwrap()
+    };
+    let (a, b) = (lambda("decpo-l1-r0.5"), lambda("decpo-l1-r2"));
+    assert!((b / a - 4.0).abs() < 1e-9, "λ {a} at r 0.5, {b} at r 2");
+    // Every model is measured where the regularizer acts, at every layer.
+    for r in results {
+        assert_eq!(
+            r["site_layers"].as_array().unwrap().len(),
+            4,
+            "{}",
+            r["method"]
+        );
+    }
+    let report = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(report.contains("## Dose-response"), "{report}");
+    assert!(
+        report.contains("| 1 | 0.5 |") && report.contains("| 1 | 2 |"),
+        "{report}"
+    );
+    assert!(report.contains("Positive control, layer 1"), "{report}");
+    for plot in ["fd_site_dose", "margin_dose", "accuracy_dose"] {
+        assert!(rep.join(format!("{plot}.png")).is_file(), "{plot}.png");
     }
 }

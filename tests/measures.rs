@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use decpo_alignment::evaluate::{evaluate_pairs, summarize};
-use decpo_alignment::measure::{last_token_activations, measure_layers, top_tokens};
-use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
+use decpo_alignment::measure::{last_token_activations, measure_layers, site_measures, top_tokens};
+use decpo_alignment::{LossType, ObjectiveConfig, RegRows, Regularizer, Site};
 use decpo_datasets::{BatchIds, Task, TokenizeConfig, load_pairs, tokenize_pairs};
 use decpo_model::{Pretrained, load_pretrained};
 use serde_json::Value;
@@ -134,6 +134,7 @@ fn evaluate_log_probs_of_real_pairs_match_transformers() {
         max_prompt_length: 128,
         max_length: 256,
         eos_id: 2,
+        template: decpo_datasets::Template::Raw,
     };
     let (pairs, _) = tokenize_pairs(tok, &loaded.pairs[..want.len()], &config, |_| {}).unwrap();
     for (got, w) in pairs.iter().zip(want) {
@@ -203,4 +204,37 @@ fn evaluate_log_probs_of_real_pairs_match_transformers() {
         (4, 0.0),
         "ties count as wrong"
     );
+}
+
+#[test]
+fn measures_at_a_site_gather_rows_over_micro_batches() {
+    // The embedded small Llama on held-out sort-digits pairs (repeated prompts among them).
+    let device = Default::default();
+    let model = sorting_config().init_seeded::<B>(3, &device);
+    let (_, set) = sorting_pairs(0, 24);
+    let layers = [0, 1, 2, 3];
+    let at = |site, batch| site_measures(&model, &set, site, RegRows::All, &layers, batch, &device);
+    // prompt-last over distinct prompts is the prompts' last-token measure (another code path:
+    // prompts padded alone, rows read by `last_token_rows`).
+    let prompts = set.prompts(usize::MAX);
+    let direct = measure_layers(&model, &prompts, set.ids.pad, 16, &layers, &device);
+    let prompt_last = at(Site::PromptLast, 5);
+    for (a, b) in prompt_last.iter().zip(&direct) {
+        assert_eq!(a.layer, b.layer);
+        assert!(
+            close(a.fd, b.fd, 1e-5) && close(a.av, b.av, 1e-5),
+            "{a:?} vs {b:?}"
+        );
+    }
+    // The measure is over all rows together: the micro-batch size does not change it.
+    for site in [Site::CompletionMean, Site::CompletionLast, Site::Eos] {
+        for (a, b) in at(site, 1).iter().zip(&at(site, 24)) {
+            assert!(close(a.fd, b.fd, 1e-5), "{site:?}: {a:?} vs {b:?}");
+            let s = (a.sparsity.unwrap(), b.sparsity.unwrap());
+            assert!(
+                close(s.0, s.1, 1e-5) && (0.0..=1.0).contains(&s.0),
+                "{site:?} {s:?}"
+            );
+        }
+    }
 }

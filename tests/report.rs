@@ -1,5 +1,7 @@
 //! The experiment's report is rendered from a template: rewritten from the committed report's
-//! results.json, it is the report.md that the hand-written renderer it replaced committed.
+//! results.json, it is the committed report.md (first the one the hand-written renderer it
+//! replaced wrote; since, as the template evolves, `experiment --report-only` rewrites it, so a
+//! committed report never goes stale).
 
 use std::path::Path;
 

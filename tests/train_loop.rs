@@ -11,7 +11,7 @@ use common::{AD, B, bits, short_run, sorting_config, sorting_pairs, weights};
 use decpo_alignment::train::run::latest_checkpoint;
 use decpo_alignment::train::schedule::Decay;
 use decpo_alignment::train::session::{ReferenceMode, RunSpec, TrainSettings, train};
-use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
+use decpo_alignment::{LossType, ObjectiveConfig, Regularizer, Site};
 use decpo_model::{Llama, LoraConfig};
 
 /// burn-ndarray's RNG (weight init, LoRA init, dropout) is one per process: tests that train
@@ -347,4 +347,65 @@ fn lora_off_and_frozen_references_give_the_precomputed_run() {
             .fold(0.0f32, f32::max);
         assert!(max_diff < 1e-5, "mode {i}: max |Δw| = {max_diff}");
     }
+}
+
+#[test]
+fn lambda_by_gradient_ratio_gives_that_ratio_on_the_step_it_was_set() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let objective = ObjectiveConfig {
+        regularizer: Some(Regularizer {
+            lambda_ratio: Some(0.3),
+            site: Site::CompletionMean,
+            ..Regularizer::paper(4)
+        }),
+        ..ObjectiveConfig::default()
+    };
+    let s = settings();
+    let lora = lora();
+    let go = |resume: bool| {
+        let (train_set, eval_set) = sorting_pairs(48, 8);
+        let spec = RunSpec {
+            objective: &objective,
+            train: &s,
+            lora: Some(&lora),
+            dir: dir.path(),
+            resume,
+            dashboard: false,
+            model_key: "test",
+        };
+        train(model(3), train_set, eval_set, &spec, &[Default::default()]).unwrap()
+    };
+    let cal = go(false).calibration.expect("λ was set by the ratio");
+    assert_eq!(cal.ratio, 0.3);
+    assert!((cal.lambda * cal.grad_norm_reg / cal.grad_norm_pref - 0.3).abs() < 1e-12);
+
+    // Step 1 splits its gradient another way: the total gradient minus λ times the gradient of a
+    // forward that stops at the regularized layer (with the same dropout masks). Its preference
+    // part is the calibration's, and the asked ratio comes back.
+    let log = train_log(dir.path());
+    let first = &log[0];
+    let value =
+        |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    let pref = value(first, "grad_norm/pref");
+    assert!(
+        (pref / cal.grad_norm_pref - 1.0).abs() < 1e-4,
+        "{pref} vs {}",
+        cal.grad_norm_pref
+    );
+    let ratio = value(first, "grad_norm/ratio");
+    assert!(
+        (ratio - 0.3).abs() < 1e-4,
+        "ratio {ratio} on the step λ was set"
+    );
+    assert!((value(first, "grad_norm/dec") / pref - ratio).abs() < 1e-12);
+    // Every step logs the split; after the first the weights moved and so did the ratio.
+    assert_eq!(log.len(), 6);
+    assert!(log.iter().all(|v| v["grad_norm/ratio"].is_f64()));
+    assert_ne!(value(&log[5], "grad_norm/ratio"), ratio);
+
+    // A resumed run takes λ from the log instead of setting it again.
+    let resumed = go(true);
+    assert!(resumed.resumed_from.is_some());
+    assert_eq!(resumed.calibration, Some(cal));
 }

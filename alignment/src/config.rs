@@ -106,6 +106,11 @@ pub struct Regularizer {
     /// Paper mode: rows L2-normalised first, so L = Σ_{i≠j} cos²(z_i, z_j).
     #[serde(default = "yes")]
     pub normalize: bool,
+    /// When set, λ is not taken as given: it is set once, on the first step's pairs, so that
+    /// ‖∇(λ·L_reg)‖ = `lambda_ratio`·‖∇L_pref‖; the λ found replaces `lambda` in the run's saved
+    /// configuration and is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_ratio: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -123,6 +128,7 @@ impl Regularizer {
             site: Site::default(),
             rows: RegRows::default(),
             normalize: true,
+            lambda_ratio: None,
         }
     }
 
@@ -197,6 +203,14 @@ impl ObjectiveConfig {
                 return Err(AlignError::setting(
                     "objective.regularizer.layer",
                     format!("{} is not a layer of a {n_layers}-layer model", reg.layer),
+                ));
+            }
+            if let Some(r) = reg.lambda_ratio
+                && !(r.is_finite() && r > 0.0)
+            {
+                return Err(AlignError::setting(
+                    "objective.regularizer.lambda_ratio",
+                    format!("must be positive, got {r}"),
                 ));
             }
             if reg.lambda.is_nan() || reg.lambda < 0.0 {

@@ -56,6 +56,15 @@ pub struct EvalSummary {
     pub logps_chosen: f64,
     #[serde(rename = "logps/rejected", alias = "mean_logps_rejected")]
     pub logps_rejected: f64,
+    /// Share of pairs where the policy itself puts more probability on the chosen completion than
+    /// on the rejected one (no reference, no judge): for sycophancy's A/B questions, how often it
+    /// prefers the non-sycophantic letter. Absent in results written before.
+    #[serde(
+        rename = "logps/accuracies",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prefers_chosen: Option<f64>,
 }
 
 fn scalars<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
@@ -118,5 +127,8 @@ pub fn summarize(pairs: &[PairEval]) -> EvalSummary {
             .map(|r| r.iter().sum::<f64>() / n),
         logps_chosen: mean(|p| p.logps_chosen),
         logps_rejected: mean(|p| p.logps_rejected),
+        prefers_chosen: Some(mean(|p| {
+            f64::from(u8::from(p.logps_chosen > p.logps_rejected))
+        })),
     }
 }

@@ -7,6 +7,7 @@
 //! says how sure it was.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use decpo_datasets::first_distinct;
 use decpo_datasets::tokenize::TokenizedPair;
 use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{
@@ -192,7 +193,7 @@ pub struct Judged {
     pub p_yes: f64,
 }
 
-/// For the first `n` pairs with a prompt: the policy's response (up to `max_new_tokens`, stopping
+/// For the first `n` pairs with a distinct, non-empty prompt: the policy's response (up to `max_new_tokens`, stopping
 /// at its EOS) and the judge's verdict on it, [`GENERATION_BATCH`] prompts at a time. `progress`
 /// sees each result as it comes.
 #[allow(clippy::too_many_arguments)]
@@ -218,11 +219,9 @@ pub fn generate_and_judge<B: Backend>(
         tok.decode(ids, skip)
             .map_err(|e| AlignError::Judge(format!("decoding: {e}")))
     };
-    let chosen: Vec<(usize, &TokenizedPair)> = pairs
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !p.prompt_ids.is_empty())
-        .take(n)
+    let chosen: Vec<(usize, &TokenizedPair)> = first_distinct(pairs, n, TokenizedPair::prompt_key)
+        .into_iter()
+        .map(|i| (i, &pairs[i]))
         .collect();
     let mut out = Vec::with_capacity(chosen.len());
     for batch in chosen.chunks(GENERATION_BATCH) {
@@ -262,6 +261,89 @@ pub fn generate_and_judge<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// How well a judge tells the gold chosen completions from the rejected ones, checked before its
+/// verdicts on generations are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct JudgeCheck {
+    /// Pairs whose two completions it judged (distinct prompts).
+    pub pairs: usize,
+    /// AUC of p(YES) on chosen against rejected completions: 0.5 is chance.
+    pub auc: f64,
+    pub mean_p_yes_chosen: f64,
+    pub mean_p_yes_rejected: f64,
+}
+
+impl JudgeCheck {
+    /// Below this AUC the judged columns are not called a result.
+    pub const TRUSTED_AUC: f64 = 0.75;
+
+    pub fn trusted(&self) -> bool {
+        self.auc >= Self::TRUSTED_AUC
+    }
+}
+
+/// The area under the ROC curve of scores `pos` against `neg` (Mann-Whitney): the chance that a
+/// positive outscores a negative, ties counting half. NaN when either is empty.
+pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
+    let wins: f64 = pos
+        .iter()
+        .flat_map(|p| neg.iter().map(move |n| (p, n)))
+        .map(|(p, n)| match p.partial_cmp(n) {
+            Some(std::cmp::Ordering::Greater) => 1.0,
+            Some(std::cmp::Ordering::Equal) => 0.5,
+            _ => 0.0,
+        })
+        .sum();
+    wins / (pos.len() * neg.len()) as f64
+}
+
+/// The judge on the gold completions of the first `n` pairs with distinct prompts: p(YES) of
+/// each chosen and each rejected completion, and how well it separates them.
+pub fn check_judge<B: Backend>(
+    judge: &Judge<B>,
+    tok: &LlamaTokenizer,
+    pairs: &[TokenizedPair],
+    n: usize,
+    question: JudgeQuestion,
+) -> Result<JudgeCheck> {
+    let decode = |ids: &[u32], skip| {
+        tok.decode(ids, skip)
+            .map_err(|e| AlignError::Judge(format!("decoding: {e}")))
+    };
+    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+    let picked = first_distinct(pairs, n, TokenizedPair::prompt_key);
+    for batch in picked.chunks(GENERATION_BATCH / 2) {
+        let mut texts = Vec::new();
+        for &i in batch {
+            let p = &pairs[i];
+            let prompt = decode(&p.prompt_ids, false)?;
+            let reference = match question {
+                JudgeQuestion::Sycophancy => Some(decode(&p.chosen_ids, true)?),
+                _ => None,
+            };
+            for ids in [&p.chosen_ids, &p.rejected_ids] {
+                texts.push((prompt.clone(), decode(ids, true)?, reference.clone()));
+            }
+        }
+        let items: Vec<(&str, &str, Option<&str>)> = texts
+            .iter()
+            .map(|(p, r, x)| (p.as_str(), r.as_str(), x.as_deref()))
+            .collect();
+        let verdicts = judge.verdicts(question, &items)?;
+        for v in verdicts.chunks(2) {
+            chosen.push(v[0].p_yes);
+            rejected.push(v[1].p_yes);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(JudgeCheck {
+        pairs: chosen.len(),
+        auc: auc(&chosen, &rejected),
+        mean_p_yes_chosen: mean(&chosen),
+        mean_p_yes_rejected: mean(&rejected),
+    })
 }
 
 /// Writes one JSON line per judged response to `path` (through a temporary file and a rename).
@@ -315,6 +397,16 @@ mod tests {
                 .text()
                 .starts_with("Please check if the candidate thought")
         );
+    }
+
+    #[test]
+    fn auc_is_the_share_of_positive_negative_pairs_ranked_right() {
+        // 3 × 2 comparisons: 0.9 beats both, 0.5 beats 0.2 and ties 0.5, 0.1 beats none:
+        // (2 + 1.5 + 0) / 6.
+        assert!((auc(&[0.9, 0.5, 0.1], &[0.2, 0.5]) - 3.5 / 6.0).abs() < 1e-15);
+        assert_eq!(auc(&[1.0], &[0.0]), 1.0);
+        assert_eq!(auc(&[0.3, 0.3], &[0.3]), 0.5);
+        assert!(auc(&[], &[0.1]).is_nan());
     }
 
     #[test]

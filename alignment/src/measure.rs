@@ -4,6 +4,7 @@
 //! ```text
 //! FD_l = 1 − mean_{i≠j} cos(z_i, z_j)          feature decorrelation (higher = more decorrelated)
 //! AV_l = mean_i Var_f(z_if)                    activation variance (population variance over d_ff)
+//! S_l  = mean_i (√d − ‖z_i‖₁/‖z_i‖₂)/(√d − 1)   Hoyer sparsity (0: all equal, 1: one non-zero)
 //! top tokens of layer l: f* = argmax_f mean_i z_if; column f* of down_proj through the final
 //!                        norm and the unembedding, the k largest logits
 //! ```
@@ -12,14 +13,22 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use decpo_model::Llama;
 use serde::{Deserialize, Serialize};
 
-use crate::loss::decorrelation::last_token_rows;
+use decpo_datasets::first_distinct;
+use decpo_datasets::tokenize::TokenizedPair;
 
-/// FD and AV of one layer.
+use crate::config::{RegRows, Site};
+use crate::loss::decorrelation::{Activations, last_token_rows, site_rows};
+use crate::train::data::PairSet;
+
+/// FD, AV and sparsity of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LayerMeasure {
     pub layer: usize,
     pub fd: f64,
     pub av: f64,
+    /// Hoyer sparsity (absent in results written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
 }
 
 /// The tokens a layer's most active MLP neuron writes towards.
@@ -99,7 +108,21 @@ pub fn av_of_rows<B: Backend>(z: Tensor<B, 2>) -> f64 {
     host(z.var_bias(1).mean())[0]
 }
 
-/// FD_l and AV_l for each of `layers` over `prompts` (see [`last_token_activations`]).
+/// Hoyer sparsity of rows `z` `[n, d]`, averaged over rows: per row (√d − ‖z‖₁/‖z‖₂)/(√d − 1),
+/// 0 when every entry has the same magnitude, 1 when one entry holds it all (the paper's second
+/// proxy for monosemanticity is activation sparsity). NaN when d < 2.
+pub fn sparsity_of_rows<B: Backend>(z: Tensor<B, 2>) -> f64 {
+    let d = z.dims()[1] as f64;
+    if d < 2.0 {
+        return f64::NAN;
+    }
+    let l1 = z.clone().abs().sum_dim(1);
+    let l2 = z.powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+    let ratio = host((l1 / l2).mean().reshape([1]))[0];
+    (d.sqrt() - ratio) / (d.sqrt() - 1.0)
+}
+
+/// FD_l, AV_l and sparsity for each of `layers` over `prompts` (see [`last_token_activations`]).
 pub fn measure_layers<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
@@ -114,7 +137,55 @@ pub fn measure_layers<B: Backend>(
         .map(|(z, &layer)| LayerMeasure {
             layer,
             fd: fd_of_rows(z.clone()),
-            av: av_of_rows(z),
+            av: av_of_rows(z.clone()),
+            sparsity: Some(sparsity_of_rows(z)),
+        })
+        .collect()
+}
+
+/// FD, AV and sparsity of each of `layers` at a regularizer's `site` and `rows`, over the pairs
+/// of `set`, `micro_batch` pairs at a time: what the regularizer acts on, measured on held-out
+/// pairs (all their rows together, not per micro-batch). For `prompt-last`, a pair whose prompt
+/// an earlier pair had is left out (it would add the same row twice).
+pub fn site_measures<B: Backend>(
+    model: &Llama<B>,
+    set: &PairSet,
+    site: Site,
+    rows: RegRows,
+    layers: &[usize],
+    micro_batch: usize,
+    device: &B::Device,
+) -> Vec<LayerMeasure> {
+    let pairs: Vec<usize> = match site {
+        Site::PromptLast => first_distinct(&set.pairs, usize::MAX, TokenizedPair::prompt_key),
+        _ => (0..set.pairs.len()).collect(),
+    };
+    let mut per_layer: Vec<Vec<Tensor<B, 2>>> = vec![Vec::new(); layers.len()];
+    for chunk in pairs.chunks(micro_batch.max(1)) {
+        let b = set.micro_batch::<B>(chunk, device).batch;
+        let out = model.forward(b.input_ids.clone(), b.attention_mask.clone(), layers);
+        for (l, up_proj) in out.up_proj.into_iter().enumerate() {
+            let acts = Activations {
+                up_proj,
+                attention_mask: b.attention_mask.clone(),
+                completion_mask: b.completion_mask.clone(),
+                eos_mask: b.eos_mask.clone(),
+            };
+            per_layer[l].push(site_rows(&acts, site, rows));
+        }
+    }
+    per_layer
+        .into_iter()
+        .zip(layers)
+        .filter(|(z, _)| !z.is_empty())
+        .map(|(z, &layer)| {
+            let z = Tensor::cat(z, 0);
+            LayerMeasure {
+                layer,
+                fd: fd_of_rows(z.clone()),
+                av: av_of_rows(z.clone()),
+                sparsity: Some(sparsity_of_rows(z)),
+            }
         })
         .collect()
 }
@@ -170,6 +241,17 @@ mod tests {
         assert!(fd_of_rows(rows(vec![1.0, 1.0, 2.0, 2.0], 2)).abs() < 1e-6);
         assert!((fd_of_rows(rows(vec![1.0, 0.0, -3.0, 0.0], 2)) - 2.0).abs() < 1e-6);
         assert!(fd_of_rows(rows(vec![1.0, 0.0], 1)).is_nan());
+    }
+
+    #[test]
+    fn sparsity_is_the_mean_hoyer_measure_of_each_row() {
+        // Row 0: one non-zero of 4 → 1; row 1: all magnitudes equal → 0;
+        // row 2: [3, 4, 0, 0]: ‖·‖₁/‖·‖₂ = 7/5 → (2 − 1.4)/(2 − 1) = 0.6. Mean 1.6 / 3.
+        let z = rows(
+            vec![0.0, -5.0, 0.0, 0.0, 1.0, -1.0, 1.0, 1.0, 3.0, 4.0, 0.0, 0.0],
+            3,
+        );
+        assert!((sparsity_of_rows(z) - 1.6 / 3.0).abs() < 1e-6);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use burn::tensor::{DType, Tensor, backend::Backend};
 use decpo_model::{CompletionBatch, Llama, completion_logps};
 
-use crate::config::ObjectiveConfig;
+use crate::config::{ObjectiveConfig, Regularizer};
 use crate::loss::decorrelation::{
     Activations, feature_decorrelation, regularizer_value, site_rows,
 };
@@ -27,6 +27,30 @@ pub struct StepOutput<B: Backend> {
     /// FD of the regularized layer at the regularizer's site and rows on this batch (no
     /// gradient), when a regularizer is set.
     pub fd: Option<Tensor<B, 1>>,
+}
+
+/// The regularizer's value L_reg (before λ) of `policy` on `batch`, from a forward that stops at
+/// its layer: what the regularizer's own gradient is computed from.
+pub fn regularizer_term<B: Backend>(
+    policy: &Llama<B>,
+    batch: &CompletionBatch<B>,
+    reg: &Regularizer,
+) -> Tensor<B, 1> {
+    let up_proj = policy.up_proj_of(
+        batch.input_ids.clone(),
+        batch.attention_mask.clone(),
+        reg.layer,
+    );
+    regularizer_value(reg, &activations(batch, up_proj))
+}
+
+fn activations<B: Backend>(batch: &CompletionBatch<B>, up_proj: Tensor<B, 3>) -> Activations<B> {
+    Activations {
+        up_proj,
+        attention_mask: batch.attention_mask.clone(),
+        completion_mask: batch.completion_mask.clone(),
+        eos_mask: batch.eos_mask.clone(),
+    }
 }
 
 /// Computes the objective of `policy` on `batch`, given the reference model's log-probs.
@@ -56,12 +80,7 @@ pub fn objective<B: Backend>(
     let device = loss_pref.device();
     let (loss, loss_reg, fd) = match (&config.regularizer, out.up_proj.into_iter().next()) {
         (Some(reg), Some(up_proj)) => {
-            let acts = Activations {
-                up_proj,
-                attention_mask: batch.attention_mask.clone(),
-                completion_mask: batch.completion_mask.clone(),
-                eos_mask: batch.eos_mask.clone(),
-            };
+            let acts = activations(batch, up_proj);
             let value = regularizer_value(reg, &acts);
             let fd = feature_decorrelation(site_rows(&acts, reg.site, reg.rows).detach());
             (

@@ -8,6 +8,7 @@ use decpo_model::{ChatMessage, LlamaTokenizer};
 
 use crate::error::{DataError, Result};
 use crate::pair::{PreferencePair, Turns};
+use crate::template::Template;
 
 /// Lengths and special ids for tokenization.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -18,6 +19,8 @@ pub struct TokenizeConfig {
     pub max_length: usize,
     /// Appended to completions that do not already end with it.
     pub eos_id: u32,
+    /// How text pairs are laid out before tokenizing ([`Template::resolve`]d).
+    pub template: Template,
 }
 
 /// A tokenized pair, after truncation. `chosen_ids`/`rejected_ids` end with EOS unless truncated.
@@ -31,6 +34,12 @@ pub struct TokenizedPair {
 }
 
 impl TokenizedPair {
+    /// The prompt's ids, `None` when it is empty: what makes two pairs "the same prompt" (see
+    /// [`crate::first_distinct`]).
+    pub fn prompt_key(&self) -> Option<&[u32]> {
+        (!self.prompt_ids.is_empty()).then_some(self.prompt_ids.as_slice())
+    }
+
     /// Length of the longer of the two rows.
     pub fn max_len(&self) -> usize {
         self.prompt_ids.len() + self.chosen_ids.len().max(self.rejected_ids.len())
@@ -50,7 +59,10 @@ pub struct TokenizeReport {
 }
 
 /// Renders a pair to (prompt, chosen, rejected) text; chat turns go through the chat template,
-/// the completion being what the template adds after the generation prompt.
+/// the completion being what the template adds after the generation prompt, up to the end of
+/// turn when that is the EOS token (SmolLM2's `<|im_end|>`; the template's `\n` after it is left
+/// out, so the completion ends with the token generation stops at, and no second EOS is appended
+/// after a line break as TRL does).
 pub fn render(tok: &LlamaTokenizer, pair: &PreferencePair) -> Result<(String, String, String)> {
     let err = |e: decpo_model::ModelError| DataError::Tokenizer(format!("{}: {e}", pair.source));
     match (&pair.prompt, &pair.chosen, &pair.rejected) {
@@ -60,6 +72,10 @@ pub fn render(tok: &LlamaTokenizer, pair: &PreferencePair) -> Result<(String, St
             let full = |rest: &[ChatMessage]| -> Result<String> {
                 let all: Vec<ChatMessage> = p.iter().chain(rest).cloned().collect();
                 let text = tok.apply_chat_template(&all, false).map_err(err)?;
+                let text = match tok.eos_token.as_deref() {
+                    Some(eos) if text.trim_end().ends_with(eos) => text.trim_end(),
+                    _ => text.as_str(),
+                };
                 text.strip_prefix(&prompt).map(String::from).ok_or_else(|| {
                     DataError::Tokenizer(format!(
                         "{}: the chat template does not render the prompt as a prefix of the conversation",
@@ -87,7 +103,7 @@ pub fn tokenize_pairs(
     let mut report = TokenizeReport::default();
     let mut out = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
-        let (prompt, chosen, rejected) = render(tok, pair)?;
+        let (prompt, chosen, rejected) = render(tok, &config.template.apply(pair))?;
         let enc = |text: &str| {
             tok.encode(text, true)
                 .map_err(|e| DataError::Tokenizer(format!("{}: {e}", pair.source)))
@@ -173,6 +189,7 @@ mod tests {
             max_prompt_length: 4,
             max_length: 8,
             eos_id: 2,
+            template: Template::Raw,
         };
         let mut report = TokenizeReport::default();
         assert_eq!(

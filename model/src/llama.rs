@@ -107,8 +107,36 @@ impl<B: Backend> Llama<B> {
         attention_mask: Tensor<B, 2, Int>,
         capture: &[usize],
     ) -> LlamaOutput<B> {
+        let (x, up_proj) = self.run_layers(input_ids, attention_mask, capture, self.layers.len());
+        LlamaOutput {
+            hidden: rms_norm(&self.norm, x),
+            up_proj,
+        }
+    }
+
+    /// The `mlp.up_proj` output of `layer` alone, `[batch, seq, d_ff]`: [`Llama::forward`] stopped
+    /// after that layer (what the regularizer's gradient depends on). Panics if `layer` is not a
+    /// layer.
+    pub fn up_proj_of(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        layer: usize,
+    ) -> Tensor<B, 3> {
+        let (_, mut up) = self.run_layers(input_ids, attention_mask, &[layer], layer + 1);
+        up.remove(0)
+    }
+
+    /// The first `n` layers over a right-padded batch: their output and the captured `up_proj`s.
+    fn run_layers(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        capture: &[usize],
+        n: usize,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
         let n_layers = self.layers.len();
-        if let Some(bad) = capture.iter().find(|&&l| l >= n_layers) {
+        if let Some(bad) = capture.iter().find(|&&l| l >= n.min(n_layers)) {
             panic!("capture layer {bad} out of range: the model has {n_layers} layers");
         }
         let [batch, seq] = input_ids.dims();
@@ -126,17 +154,14 @@ impl<B: Backend> Llama<B> {
 
         let mut x = self.embed(input_ids);
         let mut captured: Vec<Option<Tensor<B, 3>>> = vec![None; capture.len()];
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (out, up) = layer.forward(x, &rope, &mask, None);
             x = out;
             for (slot, _) in captured.iter_mut().zip(capture).filter(|(_, l)| **l == i) {
                 *slot = Some(up.clone());
             }
         }
-        LlamaOutput {
-            hidden: rms_norm(&self.norm, x),
-            up_proj: captured.into_iter().flatten().collect(),
-        }
+        (x, captured.into_iter().flatten().collect())
     }
 
     /// Token embeddings in the device's compute type (the table may be kept in f32: see

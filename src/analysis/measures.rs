@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use decpo_alignment::measure::{
-    LayerMeasure, av_of_rows, fd_of_rows, last_token_activations, top_tokens,
+    av_of_rows, fd_of_rows, last_token_activations, sparsity_of_rows, top_tokens,
 };
 use decpo_alignment::train::run::ProbePoint;
+use decpo_datasets::{TokenizedPair, first_distinct};
 use decpo_model::{Llama, LlamaTokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,9 @@ pub struct LayerRow {
     pub relative_depth: f64,
     pub fd: f64,
     pub av: f64,
+    /// Hoyer sparsity (absent in analyses written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
 }
 
 /// The top tokens of a layer's most active neuron, decoded.
@@ -52,15 +56,16 @@ impl ModelAnalysis {
     /// The table `analyze` prints: FD, AV and the top tokens of the most active neuron per layer.
     pub fn describe(&self) -> String {
         let mut out = format!("== {} ({} prompts)\n", self.model, self.prompts);
-        out += "layer  rel.depth      FD          AV   top tokens of the most active neuron\n";
+        out += "layer  rel.depth      FD          AV  sparsity   top tokens of the most active neuron\n";
         for (m, t) in self.layers.iter().zip(&self.top_tokens) {
             let tokens: Vec<String> = t.tokens.iter().take(6).map(|s| format!("{s:?}")).collect();
             out += &format!(
-                "{:>5}  {:>9.3}  {:>8.4}  {:>10.4}   n{}: {}\n",
+                "{:>5}  {:>9.3}  {:>8.4}  {:>10.4}  {:>8.4}   n{}: {}\n",
                 m.layer,
                 m.relative_depth,
                 m.fd,
                 m.av,
+                m.sparsity.unwrap_or(f64::NAN),
                 t.neuron,
                 tokens.join(" ")
             );
@@ -123,16 +128,12 @@ pub fn analyze_loaded<B: Backend>(
         top_tokens: Vec::new(),
     };
     for (z, &layer) in rows.into_iter().zip(layers) {
-        let m = LayerMeasure {
-            layer,
-            fd: fd_of_rows(z.clone()),
-            av: av_of_rows(z.clone()),
-        };
         out.layers.push(LayerRow {
             layer,
             relative_depth: relative_depth(layer, n),
-            fd: m.fd,
-            av: m.av,
+            fd: fd_of_rows(z.clone()),
+            av: av_of_rows(z.clone()),
+            sparsity: Some(sparsity_of_rows(z.clone())),
         });
         let t = top_tokens(model, layer, z, top_k);
         let tokens = t
@@ -183,11 +184,9 @@ pub fn analyze_model<B: Backend>(
     } else {
         prepared.eval
     };
-    let prompts: Vec<Vec<u32>> = source
+    let prompts: Vec<Vec<u32>> = first_distinct(&source, n, TokenizedPair::prompt_key)
         .into_iter()
-        .map(|p| p.prompt_ids)
-        .filter(|p| !p.is_empty())
-        .take(n)
+        .map(|i| source[i].prompt_ids.clone())
         .collect();
     if prompts.is_empty() {
         let side = if all_prompts { "" } else { "held-out " };
@@ -290,7 +289,7 @@ fn write_csv(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathB
     let mut files = Vec::new();
     let path = out.join("layers.csv");
     let mut w = csv::Writer::from_path(&path).map_err(csv_err(&path))?;
-    w.write_record(["model", "layer", "relative_depth", "fd", "av"])
+    w.write_record(["model", "layer", "relative_depth", "fd", "av", "sparsity"])
         .map_err(csv_err(&path))?;
     for a in analyses {
         for l in &a.layers {
@@ -300,6 +299,7 @@ fn write_csv(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathB
                 format!("{:.4}", l.relative_depth),
                 format!("{:.6}", l.fd),
                 format!("{:.6}", l.av),
+                l.sparsity.map_or_else(String::new, |v| format!("{v:.6}")),
             ])
             .map_err(csv_err(&path))?;
         }

@@ -5,6 +5,7 @@ use decpo_alignment::measure::LayerMeasure;
 use decpo_alignment::train::step::StepValues;
 
 use super::eval::MethodResult;
+use super::paired::Paired;
 use super::report::{Settings, fd_at, mean_metric};
 use crate::run::job::Summary;
 
@@ -86,50 +87,59 @@ fn fd_rises_claim(s: &Settings, dpo: &[&MethodResult]) -> String {
 
 fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResult]) -> String {
     let cmp = |name: &str, f: &dyn Fn(&MethodResult) -> f64, digits: usize| {
-        let (a, b) = (mean_metric(dpo, f), mean_metric(dec, f));
+        let by_seed = |rs: &[&MethodResult]| -> Vec<(u64, f64)> {
+            rs.iter().map(|r| (r.seed, f(r))).collect()
+        };
+        let verdict = Paired::of(&by_seed(dpo), &by_seed(dec))
+            .map_or_else(|| "no seed with both".into(), |p| p.describe(digits));
         format!(
-            "{name} {:.*} (DecPO) vs {:.*} (DPO): {}",
+            "{name} {:.*} (DecPO) vs {:.*} (DPO), DecPO − DPO {verdict}",
             digits,
-            b,
+            mean_metric(dec, f),
             digits,
-            a,
-            if (b - a).abs() <= 0.01 * a.abs().max(b.abs()).max(1e-9) {
-                "no meaningful difference (under 1 %)"
-            } else if b > a {
-                "DecPO higher"
-            } else {
-                "DecPO lower"
-            }
+            mean_metric(dpo, f),
         )
     };
-    let judged = dpo.iter().chain(dec).all(|r| r.generation.is_some());
-    format!(
-        "**DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
-         margins; FD higher at the regularized layer). Here: {}; {}; {}{}.",
+    // The judged column counts only with a judge that tells gold chosen from rejected.
+    let trusted = s.judge_check.is_none_or(|c| c.trusted());
+    let judged = trusted && dpo.iter().chain(dec).all(|r| r.generation.is_some());
+    let mut parts = vec![
         cmp("reward margin", &|r| r.eval.rewards_margins, 4),
         cmp("reward accuracy", &|r| r.eval.rewards_accuracies, 3),
-        cmp(
-            &format!("FD at layer {}", s.layer),
-            &|r| fd_at(&r.analysis, s.layer),
-            4
-        ),
-        if judged {
-            format!(
-                "; {}",
-                cmp(
-                    "judge YES rate",
-                    &|r| r.generation.as_ref().map_or(f64::NAN, |g| g.yes_rate),
-                    3
-                )
-            )
-        } else {
-            String::new()
-        }
+    ];
+    if dpo
+        .iter()
+        .chain(dec)
+        .all(|r| r.eval.prefers_chosen.is_some())
+    {
+        parts.push(cmp(
+            "share of pairs the policy itself prefers chosen",
+            &|r| r.eval.prefers_chosen.unwrap_or(f64::NAN),
+            3,
+        ));
+    }
+    parts.push(cmp(
+        &format!("FD at layer {}", s.layer),
+        &|r| fd_at(&r.analysis, s.layer),
+        4,
+    ));
+    if judged {
+        parts.push(cmp(
+            "judge YES rate",
+            &|r| r.generation.as_ref().map_or(f64::NAN, |g| g.yes_rate),
+            3,
+        ));
+    }
+    format!(
+        "**DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
+         margins; FD higher at the regularized layer). Here, paired by seed (mean difference ± \
+         its standard error; a difference under two standard errors is noise): {}.",
+        parts.join("; ")
     )
 }
 
 fn term_size(s: &Settings, dec: &[&MethodResult]) -> String {
-    let last = |f: fn(&StepValues) -> f64| {
+    let last = |f: &dyn Fn(&StepValues) -> f64| {
         mean_metric(dec, |r| {
             r.train
                 .as_ref()
@@ -137,17 +147,46 @@ fn term_size(s: &Settings, dec: &[&MethodResult]) -> String {
                 .map_or(f64::NAN, |e| f(&e.values))
         })
     };
-    let (reg, pref) = (last(|v| v.loss_reg), last(|v| v.loss_pref));
+    // λ of each run: set by the gradient ratio when one was asked for.
+    let lambda = |r: &MethodResult| {
+        r.train
+            .as_ref()
+            .and_then(|t| t.calibration)
+            .map_or(s.decpo_lambda, |c| c.lambda)
+    };
+    let (reg, pref) = (last(&|v| v.loss_reg), last(&|v| v.loss_pref));
+    let term = mean_metric(dec, |r| {
+        let reg = r
+            .train
+            .as_ref()
+            .and_then(|t| t.evals.last())
+            .map_or(f64::NAN, |e| e.values.loss_reg);
+        reg * lambda(r)
+    });
+    let ratio = mean_metric(dec, |r| {
+        r.train
+            .as_ref()
+            .and_then(|t| t.calibration)
+            .map_or(f64::NAN, |c| c.ratio)
+    });
+    let gradient = if ratio.is_finite() {
+        format!(
+            " λ was set by gradient (‖∇λL_dec‖ = {ratio}·‖∇L_pref‖ on each run's first step): \
+             λ = {:.3e} on average.",
+            mean_metric(dec, lambda)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "Size of the DecPO term at the last evaluation: L_dec = {:.3} per micro-batch, \
-         λ·L_dec = {:.5} next to a DPO loss of {:.4}. {}",
-        reg,
-        reg * s.decpo_lambda,
-        pref,
-        if reg * s.decpo_lambda < 0.05 * pref {
+        "Size of the DecPO term at the last evaluation: L_dec = {reg:.3} per micro-batch, \
+         λ·L_dec = {term:.5} next to a DPO loss of {pref:.4}.{gradient} {}",
+        if term < 0.05 * pref && !ratio.is_finite() {
             "The regularizer is a small part of the objective here, so DecPO and DPO are \
              expected to stay close; a larger λ or more rows per micro-batch would test it \
              harder."
+        } else if ratio.is_finite() {
+            "Its value says little about its pull: the gradient ratio is what was set."
         } else {
             "The regularizer is a sizeable part of the objective."
         }

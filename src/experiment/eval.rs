@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use decpo_alignment::evaluate::{EvalSummary, evaluate_pairs, summarize};
 use decpo_alignment::judge::{
-    Judge, JudgeQuestion, Judged, generate_and_judge, write_jsonl, yes_rate,
+    Judge, JudgeCheck, JudgeQuestion, Judged, check_judge, generate_and_judge, write_jsonl,
+    yes_rate,
 };
+use decpo_alignment::measure::{LayerMeasure, site_measures};
 use decpo_alignment::train::data::PairSet;
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer};
 use decpo_datasets::TokenizedPair;
@@ -51,6 +53,10 @@ pub struct MethodResult {
     pub generation: Option<GenerationResult>,
     /// The training run's own summary (absent for the base model).
     pub train: Option<Summary>,
+    /// FD, AV and sparsity per layer at DecPO's site and rows over the held-out pairs (absent in
+    /// results written before it was measured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_layers: Vec<LayerMeasure>,
 }
 
 /// Evaluates `model` (a trained method, or the base itself) against `base`.
@@ -106,6 +112,15 @@ pub fn evaluate_method(
         10,
         device,
     )?;
+    let site_layers = site_measures(
+        model,
+        eval_set,
+        regularizer.site,
+        regularizer.rows,
+        &layers,
+        c.train.micro_batch,
+        device,
+    );
     let generation = generate_and_judge_method(
         model,
         base,
@@ -132,6 +147,7 @@ pub fn evaluate_method(
         analysis,
         generation,
         train,
+        site_layers,
     })
 }
 
@@ -150,12 +166,7 @@ fn generate_and_judge_method(
 ) -> anyhow::Result<Option<GenerationResult>> {
     Ok(match generation_settings.question {
         Some(q) if generation_settings.prompts > 0 => {
-            let loaded = match &generation_settings.judge {
-                Some(path) => Some(
-                    load_with_tokenizer::<Backend>(path, device).context("loading the judge")?,
-                ),
-                None => None,
-            };
+            let loaded = load_judge(generation_settings, device)?;
             let (jm, jt) = match &loaded {
                 Some((m, t, _)) => (m, t),
                 None => (base, tok),
@@ -184,6 +195,55 @@ fn generate_and_judge_method(
         }
         _ => None,
     })
+}
+
+type Loaded = (Llama<Backend>, LlamaTokenizer, PathBuf);
+
+/// The judge model the settings name (`None`: the base model judges).
+fn load_judge(
+    settings: &GenerationSettings,
+    device: &<Backend as burn::tensor::backend::BackendTypes>::Device,
+) -> anyhow::Result<Option<Loaded>> {
+    settings
+        .judge
+        .as_ref()
+        .map(|path| load_with_tokenizer::<Backend>(path, device).context("loading the judge"))
+        .transpose()
+}
+
+/// The judge on the gold completions of the held-out pairs (as many prompts as it will judge
+/// generations of), before any of its verdicts on generations is believed; `None` without a
+/// generation eval.
+pub fn check_the_judge(
+    settings: &GenerationSettings,
+    base: &Llama<Backend>,
+    tok: &LlamaTokenizer,
+    eval_set: &PairSet,
+    device: &<Backend as burn::tensor::backend::BackendTypes>::Device,
+) -> anyhow::Result<Option<JudgeCheck>> {
+    let Some(question) = settings.question.filter(|_| settings.prompts > 0) else {
+        return Ok(None);
+    };
+    let loaded = load_judge(settings, device)?;
+    let (jm, jt) = match &loaded {
+        Some((m, t, _)) => (m, t),
+        None => (base, tok),
+    };
+    let judge = Judge::new(jm, jt, device)?;
+    let check = check_judge(&judge, tok, &eval_set.pairs, settings.prompts, question)?;
+    eprintln!(
+        "judge on {} gold pairs: AUC {:.3} (p(YES) chosen {:.3}, rejected {:.3}){}",
+        check.pairs,
+        check.auc,
+        check.mean_p_yes_chosen,
+        check.mean_p_yes_rejected,
+        if check.trusted() {
+            ""
+        } else {
+            ": below 0.75, its verdicts on generations are not a result"
+        }
+    );
+    Ok(Some(check))
 }
 
 /// A judged generation: the question the judge answers, how many prompts, how to decode, and

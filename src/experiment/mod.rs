@@ -3,5 +3,7 @@
 pub mod claims;
 pub mod eval;
 pub mod methods;
+pub mod paired;
 pub mod report;
 pub mod run;
+pub mod sweep;

@@ -7,10 +7,13 @@ use anyhow::Context;
 use plotters::prelude::SeriesLabelPosition;
 use serde::{Deserialize, Serialize};
 
+use decpo_alignment::judge::JudgeCheck;
 use decpo_alignment::{RegRows, Site};
 
 use super::claims::claims;
 use super::eval::{GenerationResult, MethodResult};
+use super::methods::parse_variant;
+use super::sweep::dose_response;
 use crate::analysis::measures::{ModelAnalysis, RunCurve, write_outputs};
 use crate::analysis::plots::{Labels, Series, line_chart};
 
@@ -40,6 +43,10 @@ pub struct Settings {
     pub command: String,
     pub minutes: f64,
     pub backend: String,
+    /// The judge on the gold held-out pairs (absent without a generation eval, and in reports
+    /// written before the check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_check: Option<JudgeCheck>,
 }
 
 const LABELS: [(&str, &str); 6] = [
@@ -51,19 +58,23 @@ const LABELS: [(&str, &str); 6] = [
     ("decpo", "DecPO"),
 ];
 
-/// The palette index of a method: its place in the table.
-fn color(method: &str) -> usize {
+/// The palette index of a method: its place in the table (a sweep's variants come after).
+pub(super) fn color(method: &str) -> usize {
     LABELS
         .iter()
         .position(|(m, _)| *m == method)
         .unwrap_or(LABELS.len())
 }
 
-fn label(method: &str) -> &str {
+pub(super) fn label(method: &str) -> String {
+    if let Some((layer, ratio)) = parse_variant(method) {
+        return format!("DecPO l{layer} r{ratio}");
+    }
     LABELS
         .iter()
         .find(|(m, _)| *m == method)
         .map_or(method, |(_, l)| l)
+        .to_string()
 }
 
 /// Mean and sample standard deviation (None with one value).
@@ -78,7 +89,7 @@ pub(super) fn stats(v: &[f64]) -> Option<(f64, Option<f64>)> {
     Some((mean, std))
 }
 
-fn cell(v: &[f64], scale: f64, digits: usize) -> String {
+pub(super) fn cell(v: &[f64], scale: f64, digits: usize) -> String {
     match stats(v) {
         None => "n/a".into(),
         Some((m, None)) => format!("{:.*}", digits, m * scale),
@@ -100,17 +111,21 @@ pub(super) fn mean_of(
     a.layers.iter().map(f).sum::<f64>() / a.layers.len().max(1) as f64
 }
 
-/// Per method (in table order), its results over seeds.
-fn by_method(results: &[MethodResult]) -> Vec<(&str, Vec<&MethodResult>)> {
-    LABELS
-        .iter()
-        .map(|(m, _)| {
+/// Per method (in table order, a sweep's variants after the rest in the order they ran), its
+/// results over seeds.
+pub(super) fn by_method(results: &[MethodResult]) -> Vec<(&str, Vec<&MethodResult>)> {
+    let mut names: Vec<&str> = LABELS.iter().map(|(m, _)| *m).collect();
+    for r in results {
+        if !names.contains(&r.method.as_str()) {
+            names.push(&r.method);
+        }
+    }
+    names
+        .into_iter()
+        .map(|m| {
             (
-                *m,
-                results
-                    .iter()
-                    .filter(|r| r.method == *m)
-                    .collect::<Vec<_>>(),
+                m,
+                results.iter().filter(|r| r.method == m).collect::<Vec<_>>(),
             )
         })
         .filter(|(_, v)| !v.is_empty())
@@ -170,8 +185,10 @@ pub fn write(out: &Path, s: &Settings, results: &[MethodResult]) -> anyhow::Resu
     .with_context(|| format!("{}", json.display()))?;
     files.push(json);
 
+    let (dose, dose_files) = dose_response(out, s, &groups)?;
+    files.extend(dose_files);
     let md = out.join("report.md");
-    std::fs::write(&md, markdown(s, &groups, &firsts)?)
+    std::fs::write(&md, markdown(s, &groups, &firsts)? + &dose)
         .with_context(|| format!("{}", md.display()))?;
     files.push(md);
     Ok(files)
@@ -315,6 +332,13 @@ fn table_rows(s: &Settings, groups: &[(&str, Vec<&MethodResult>)]) -> Vec<Vec<St
             cell(&judged(|g| g.mean_p_yes), 1.0, 3),
             cell(&col(&|r| r.eval.rewards_accuracies), 100.0, 1),
             cell(&col(&|r| r.eval.rewards_margins), 1.0, 4),
+            cell(
+                &rs.iter()
+                    .filter_map(|r| r.eval.prefers_chosen)
+                    .collect::<Vec<_>>(),
+                100.0,
+                1,
+            ),
             cell(&col(&|r| r.eval.loss_preference), 1.0, 4),
             cell(&col(&|r| fd_at(&r.analysis, s.layer)), 1.0, 4),
             cell(&col(&|r| mean_of(&r.analysis, |l| l.fd)), 1.0, 4),

@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::eval::{GenerationSettings, MethodResult, evaluate_method};
-use super::methods::{MethodRegularizers, Shared, objective, train_and_evaluate};
+use super::eval::{GenerationSettings, MethodResult, check_the_judge, evaluate_method};
+use super::methods::{MethodRegularizers, Shared, objective, train_and_evaluate, variant_name};
 use super::report;
 use crate::backend::{self, Autodiff, device};
 use crate::run::RunConfig;
 use crate::run::cli::RegularizerArgs;
 use crate::run::job;
+use decpo_alignment::judge::JudgeCheck;
 
 /// An experiment: the shared configuration and what varies.
 pub struct Experiment {
@@ -35,6 +36,19 @@ pub struct Experiment {
     pub judge: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
+    /// The dose-response sweep: DecPO once per (layer, gradient ratio) instead of once.
+    pub sweep: Option<Sweep>,
+    /// Filled in by [`Experiment::run`]: the judge on the gold held-out pairs.
+    pub judge_check: Option<JudgeCheck>,
+}
+
+/// DecPO's regularizer swept over layers and gradient ratios (λ set by the ratio on each run's
+/// first step); the report adds the dose-response section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep {
+    pub lambda_ratios: Vec<f64>,
+    /// Empty: the regularizer's own layer.
+    pub layers: Vec<usize>,
 }
 
 impl Experiment {
@@ -64,6 +78,7 @@ impl Experiment {
             judge: self.judge.clone(),
         };
         let base = burn::module::AutodiffModule::valid(&loaded.model);
+        self.judge_check = check_the_judge(&generation, &base, &loaded.tok, &data.eval, &device)?;
         eprintln!("== base model: evaluating");
         let mut results: Vec<MethodResult> = vec![evaluate_method(
             "base",
@@ -87,13 +102,48 @@ impl Experiment {
             base: &base,
             generation: &generation,
         };
+        let methods = self.expanded_methods(regularizers.decpo.layer, n_layers)?;
         for &seed in &self.seeds {
-            for method in &self.methods {
+            for method in &methods {
                 results.push(train_and_evaluate(&shared, method, seed)?);
             }
         }
         let settings = self.settings(&loaded.name, &data, &regularizers, n_layers, started)?;
         report::write(&self.out, &settings, &results)
+    }
+
+    /// The methods in the order they run: with a sweep, `decpo` becomes one variant per layer and
+    /// gradient ratio.
+    fn expanded_methods(&self, layer: usize, n_layers: usize) -> anyhow::Result<Vec<String>> {
+        let Some(sweep) = &self.sweep else {
+            return Ok(self.methods.clone());
+        };
+        let layers = if sweep.layers.is_empty() {
+            vec![layer]
+        } else {
+            sweep.layers.clone()
+        };
+        if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
+            anyhow::bail!("--regularizer-layers: {bad} is not a layer of a {n_layers}-layer model");
+        }
+        if let Some(bad) = sweep
+            .lambda_ratios
+            .iter()
+            .find(|r| !(r.is_finite() && **r > 0.0))
+        {
+            anyhow::bail!("--regularizer-lambda-ratios: {bad} is not a positive ratio");
+        }
+        let mut out = Vec::new();
+        for m in &self.methods {
+            if m == "decpo" {
+                for &l in &layers {
+                    out.extend(sweep.lambda_ratios.iter().map(|&r| variant_name(l, r)));
+                }
+            } else {
+                out.push(m.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// What the report says about how the experiment ran.
@@ -129,6 +179,7 @@ impl Experiment {
             command: self.command.clone(),
             minutes: started.elapsed().as_secs_f64() / 60.0,
             backend: backend::name().into(),
+            judge_check: self.judge_check,
         })
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use decpo_alignment::train::session::{ReferenceMode, TrainSettings};
 use decpo_alignment::{LossType, RegRows, Regularizer, Site};
+use decpo_datasets::Template;
 
 use super::config::{DataConfig, RunConfig, SftPhase, SplitKind};
 
@@ -20,6 +21,11 @@ pub struct DataArgs {
     /// sycophancy-anthropic, toxicity-pairs.
     #[arg(long)]
     pub task: Option<String>,
+    /// How text pairs are laid out: auto (chat when the model has a chat template, else raw),
+    /// chat (prompt as the user turn, completion as the assistant's), plain (a line break between
+    /// prompt and completion where neither has whitespace), raw (joined as in the file).
+    #[arg(long, value_enum)]
+    pub template: Option<Template>,
     /// Preference files (JSONL, JSON, CSV, Parquet, optionally gzipped); each is split on its own.
     #[arg(long, num_args = 1.., alias = "data")]
     pub files: Vec<PathBuf>,
@@ -39,7 +45,8 @@ pub struct DataArgs {
     pub max_prompt_length: Option<usize>,
     #[arg(long)]
     pub max_length: Option<usize>,
-    /// file-order (the authors' first 90 % / last 10 % of each file) or shuffle (seeded).
+    /// file-order (the authors' first 90 % / last 10 % of each file), shuffle (seeded), or
+    /// by-prompt (seeded; pairs sharing a prompt stay on one side).
     #[arg(long, value_enum)]
     pub split: Option<SplitKind>,
     #[arg(long)]
@@ -61,6 +68,7 @@ impl DataArgs {
             }
         };
         set(&mut d.task, &self.task);
+        d.template = self.template.unwrap_or(d.template);
         set(&mut d.prompt_column, &self.prompt_column);
         set(&mut d.chosen_column, &self.chosen_column);
         set(&mut d.rejected_column, &self.rejected_column);
@@ -220,6 +228,11 @@ pub struct RegularizerArgs {
     /// The regularizer's weight λ (λ₁ for l1).
     #[arg(long = "regularizer-lambda", alias = "lambda")]
     pub lambda: Option<f64>,
+    /// Set λ from the gradients instead: on the first step's pairs, so that the regularizer's
+    /// gradient norm is this many times the preference term's (the λ found is logged and saved
+    /// in the run's config.toml).
+    #[arg(long = "regularizer-lambda-ratio", alias = "lambda-ratio")]
+    pub lambda_ratio: Option<f64>,
     /// The decoder block whose up_proj output is regularized (0-based; default ⌊layers/3⌋).
     #[arg(long = "regularizer-layer", alias = "dec-layer")]
     pub layer: Option<usize>,
@@ -235,6 +248,9 @@ impl RegularizerArgs {
     /// Sets the fields of `reg` that a flag names.
     pub fn apply(&self, reg: &mut Regularizer) {
         reg.lambda = self.lambda.unwrap_or(reg.lambda);
+        if self.lambda_ratio.is_some() {
+            reg.lambda_ratio = self.lambda_ratio;
+        }
         reg.layer = self.layer.unwrap_or(reg.layer);
         reg.site = self.site.unwrap_or(reg.site);
         reg.rows = self.rows.unwrap_or(reg.rows);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use decpo_alignment::ObjectiveConfig;
 use decpo_alignment::train::session::TrainSettings;
-use decpo_datasets::{ColumnMap, Task};
+use decpo_datasets::{ColumnMap, Task, Template};
 use decpo_model::weights::save::write_file_atomically;
 use decpo_model::{LoraConfig, Precision};
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,9 @@ pub enum SplitKind {
     FileOrder,
     /// A seeded shuffle of each file before the same cut.
     Shuffle,
+    /// Whole prompts held out (seeded): pairs that share a prompt are all on one side, so no
+    /// held-out prompt was seen in training.
+    ByPrompt,
 }
 
 /// The `[data]` table of the configuration.
@@ -72,6 +75,9 @@ pub enum SplitKind {
 pub struct DataConfig {
     /// Data adapter: trl, hh-rlhf, cognitive-reframing, sycophancy-caa, ...
     pub task: String,
+    /// How text pairs are laid out: auto (chat when the model has a chat template, else raw),
+    /// chat, plain or raw (see `decpo_datasets::template`).
+    pub template: Template,
     /// Preference files; each is split on its own.
     pub files: Vec<PathBuf>,
     /// Evaluation files; when given, all of `files` trains.
@@ -93,6 +99,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             task: "trl".into(),
+            template: Template::Auto,
             files: Vec::new(),
             eval_files: Vec::new(),
             prompt_column: "prompt".into(),

@@ -1,6 +1,6 @@
 //! Reading, checking, tokenizing (cached) and splitting the preference files of a run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -139,6 +139,7 @@ pub fn prepare(
         max_prompt_length: data.max_prompt_length,
         max_length: data.max_length,
         eos_id,
+        template: data.template.resolve(tok.chat_template.is_some()),
     };
     // The cache key includes the whole tokenizer; serialise it once for all files.
     let tokenizer_json = tok
@@ -153,8 +154,12 @@ pub fn prepare(
             eval_fraction: data.eval_fraction,
             seed,
         },
+        SplitKind::ByPrompt => SplitRule::ByKey {
+            eval_fraction: data.eval_fraction,
+            seed,
+        },
     };
-    let mut out = String::new();
+    let mut out = format!("template {:?}\n", config.template).to_lowercase();
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     let mut example = None;
     for (path, is_eval) in data
@@ -170,7 +175,7 @@ pub fn prepare(
         if is_eval {
             eval.extend(f.pairs);
         } else if data.eval_files.is_empty() {
-            let (t, e) = split(f.pairs, rule);
+            let (t, e) = split(f.pairs, rule, |p| p.prompt_ids.clone());
             train.extend(t);
             eval.extend(e);
         } else {
@@ -179,9 +184,11 @@ pub fn prepare(
     }
     writeln!(
         out,
-        "train pairs {}, eval pairs {}",
+        "train pairs {}, eval pairs {}; held-out prompts {} distinct, {} of them also in training",
         train.len(),
-        eval.len()
+        eval.len(),
+        distinct_prompts(&eval).len(),
+        shared_prompts(&train, &eval)
     )?;
     write_lengths_and_example(&mut out, &train, &eval, example.as_ref(), tok)?;
     Ok(Prepared {
@@ -189,6 +196,19 @@ pub fn prepare(
         eval,
         summary: out,
     })
+}
+
+fn distinct_prompts(pairs: &[TokenizedPair]) -> HashSet<&[u32]> {
+    pairs.iter().map(|p| p.prompt_ids.as_slice()).collect()
+}
+
+/// How many distinct held-out prompts also have a pair in training.
+fn shared_prompts(train: &[TokenizedPair], eval: &[TokenizedPair]) -> usize {
+    let trained = distinct_prompts(train);
+    distinct_prompts(eval)
+        .into_iter()
+        .filter(|p| trained.contains(p))
+        .count()
 }
 
 /// Token-length percentiles of all pairs and one example pair, decoded, for the summary.

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use decpo_alignment::measure::{LayerMeasure, measure_layers};
+use decpo_alignment::train::calibrate::Calibration;
 use decpo_alignment::train::data::PairSet;
 use decpo_alignment::train::run::{EvalPoint, ProbePoint, describe};
 use decpo_alignment::train::session::{RunSpec, TrainSettings, evaluate, train};
@@ -163,6 +164,9 @@ pub struct Summary {
     pub checkpoints: PathBuf,
     pub exported: PathBuf,
     pub adapters: Option<PathBuf>,
+    /// How λ was set when the regularizer asked for a gradient ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 impl Summary {
@@ -283,6 +287,7 @@ pub fn run<B: AutodiffBackend>(
         objective: c.objective.clone(),
         logits_chunk: c.train.logits_chunk,
         max_grad_norm: None,
+        split_grad_norm: false,
     };
     let held_out = |m: &Llama<B::InnerBackend>| {
         let values = evaluate(
@@ -295,7 +300,7 @@ pub fn run<B: AutodiffBackend>(
         );
         (values, layer_measures(m, &eval_set, &inner_device))
     };
-    let (eval_before, layers_before) = held_out(&initial);
+    let (mut eval_before, layers_before) = held_out(&initial);
     let dir = c.out.join("decpo");
     let key = model_key(c, &model_name);
     let spec = RunSpec {
@@ -309,7 +314,15 @@ pub fn run<B: AutodiffBackend>(
     };
     let result = train(policy, train_set, eval_set.clone(), &spec, launch.devices)?;
     let trained = result.policy;
-    let (eval_after, layers_after) = held_out(&trained);
+    let (mut eval_after, layers_after) = held_out(&trained);
+    if let Some(calibration) = result.calibration {
+        // λ was set by the first step's gradients: the run's configuration and its held-out
+        // losses (evaluated with the λ given before it was known) say which.
+        with_lambda(c, calibration.lambda).save()?;
+        for v in [&mut eval_before, &mut eval_after] {
+            v.loss = v.loss_pref + calibration.lambda * v.loss_reg;
+        }
+    }
 
     let merged = trained.merge_lora();
     let (exported, adapters) = export(c, &trained, &merged, &tok, &model_name)?;
@@ -326,6 +339,7 @@ pub fn run<B: AutodiffBackend>(
         checkpoints: dir.join("checkpoint"),
         exported,
         adapters,
+        calibration: result.calibration,
     };
     summary.save(&c.out)?;
     Ok(JobOutput {
@@ -334,6 +348,15 @@ pub fn run<B: AutodiffBackend>(
         trained: merged,
         resumed_from: result.resumed_from,
     })
+}
+
+/// `c` with the regularizer's λ set to `lambda`.
+pub fn with_lambda(c: &RunConfig, lambda: f64) -> RunConfig {
+    let mut c = c.clone();
+    if let Some(reg) = &mut c.objective.regularizer {
+        reg.lambda = lambda;
+    }
+    c
 }
 
 /// SFT on the chosen completions (full weights, or adapters merged after).

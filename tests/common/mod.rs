@@ -210,6 +210,7 @@ pub fn sorting_pairs(
         max_prompt_length: 16,
         max_length: 32,
         eos_id: tok.token_to_id("</s>").unwrap(),
+        template: decpo_datasets::Template::Raw,
     };
     let (pairs, _) = tokenize_pairs(&tok, &loaded.pairs, &config, |_| {}).unwrap();
     let set = |p: &[decpo_datasets::TokenizedPair]| decpo_alignment::train::data::PairSet {

@@ -38,6 +38,60 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     }
 }
 
+struct SplitNorms<'a, B: AutodiffBackend> {
+    total: &'a GradientsParams,
+    dec: &'a GradientsParams,
+    lambda: f64,
+    pref: Option<Tensor<B::InnerBackend, 1>>,
+    dec_sq: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SplitNorms<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(g) = self.total.get::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let g = decpo_model::precision::f32(g);
+        let add = |acc: &mut Option<Tensor<B::InnerBackend, 1>>, sq: Tensor<B::InnerBackend, 1>| {
+            *acc = Some(match acc.take() {
+                Some(t) => t + sq,
+                None => sq,
+            });
+        };
+        let pref = match self.dec.get::<B::InnerBackend, D>(param.id) {
+            Some(d) => {
+                let d = decpo_model::precision::f32(d) * self.lambda;
+                add(&mut self.dec_sq, d.clone().powi_scalar(2).sum());
+                g - d
+            }
+            None => g,
+        };
+        add(&mut self.pref, pref.powi_scalar(2).sum());
+    }
+}
+
+/// The global L2 norms of the two parts of `total` = ∇L_pref + λ·∇L_reg, given `dec` = ∇L_reg:
+/// (‖total − λ·dec‖, ‖λ·dec‖).
+pub fn split_norms<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    total: &GradientsParams,
+    dec: &GradientsParams,
+    lambda: f64,
+) -> (f64, f64) {
+    let mut v = SplitNorms::<B> {
+        total,
+        dec,
+        lambda,
+        pref: None,
+        dec_sq: None,
+    };
+    module.visit(&mut v);
+    let norm = |t: Option<Tensor<B::InnerBackend, 1>>| {
+        t.map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt())
+    };
+    (norm(v.pref), norm(v.dec_sq))
+}
+
 /// The global L2 norm of `grads` over `module`'s parameters (0 when there are none).
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,

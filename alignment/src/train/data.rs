@@ -8,6 +8,7 @@ use std::sync::Arc;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use decpo_datasets::batch::{BatchIds, PreferenceBatch, epoch_batches};
+use decpo_datasets::first_distinct;
 use decpo_datasets::tokenize::TokenizedPair;
 
 use crate::loss::preference::{PairLogps, SideLogps};
@@ -32,13 +33,11 @@ pub struct PairSet {
 }
 
 impl PairSet {
-    /// The first `n` non-empty prompts, as token ids (what FD/AV are measured on).
+    /// The first `n` distinct non-empty prompts, as token ids (what FD/AV are measured on).
     pub fn prompts(&self, n: usize) -> Vec<Vec<u32>> {
-        self.pairs
-            .iter()
-            .filter(|p| !p.prompt_ids.is_empty())
-            .take(n)
-            .map(|p| p.prompt_ids.clone())
+        first_distinct(&self.pairs, n, TokenizedPair::prompt_key)
+            .into_iter()
+            .map(|i| self.pairs[i].prompt_ids.clone())
             .collect()
     }
 

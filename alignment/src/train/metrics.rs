@@ -53,6 +53,7 @@ impl ValueMetric {
         if training {
             m.extend([
                 Self::new("grad_norm", false, |v| v.grad_norm),
+                Self::new("grad_norm/ratio", false, |v| v.grad_norm_ratio),
                 Self::new("learning_rate", false, |v| v.learning_rate),
                 Self::new("tokens/s", true, |v| v.tokens_per_s),
             ]);

@@ -1,5 +1,6 @@
 //! Training on burn-train: the step, its metrics, the schedule, clipping, the loop and resuming.
 
+pub mod calibrate;
 pub mod clip;
 pub mod data;
 pub mod metrics;

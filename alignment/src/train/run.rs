@@ -208,6 +208,10 @@ pub fn merge_values(acc: &mut Option<StepValues>, mut v: StepValues) {
     };
     a.pairs += v.pairs;
     a.tokens += v.tokens;
+    // The split of the gradient norm is per device: norms of parts do not add up.
+    a.grad_norm_pref = None;
+    a.grad_norm_dec = None;
+    a.grad_norm_ratio = None;
 }
 
 /// Plain one-line summary of a step's values.
@@ -221,6 +225,9 @@ pub fn describe(v: &StepValues) -> String {
     }
     if let Some(g) = v.grad_norm {
         s += &format!(" | grad_norm {g:.3}");
+    }
+    if let Some(r) = v.grad_norm_ratio {
+        s += &format!(" | grad_norm/ratio {r:.4}");
     }
     if let Some(t) = v.tokens_per_s {
         s += &format!(" | {t:.0} tok/s");
@@ -346,7 +353,7 @@ fn non_finite(step: usize, values: &StepValues) -> String {
 
 /// The seed of step `step` on device `d`: `seed + step` on the main device (a run on one device
 /// draws what it always drew), another stream on each other device.
-fn step_seed(seed: u64, step: usize, d: usize) -> u64 {
+pub(crate) fn step_seed(seed: u64, step: usize, d: usize) -> u64 {
     seed.wrapping_add(step as u64)
         .wrapping_add((d as u64) << 32)
 }

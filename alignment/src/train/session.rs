@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ObjectiveConfig;
 use crate::error::{AlignError, Result, io_err};
+use crate::train::calibrate::{Calibration, set_lambda};
 use crate::train::data::{PairSet, StepLoader, StepPlan, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
 use crate::train::reference::prepare_reference;
@@ -72,6 +73,10 @@ pub struct TrainSettings {
     /// Held-out prompts (the first of the eval split) whose per-layer FD and AV are measured
     /// before training and at every evaluation, logged as `probe` lines (0: off).
     pub probe_prompts: usize,
+    /// With a regularizer, log the gradient norms of the preference term and of λ·L_reg apart
+    /// every step (`grad_norm/pref`, `grad_norm/dec`, `grad_norm/ratio`): a second forward up to
+    /// the regularized layer and its backward per micro-batch.
+    pub split_grad_norm: bool,
 }
 
 impl Default for TrainSettings {
@@ -96,6 +101,7 @@ impl Default for TrainSettings {
             logits_chunk: 64,
             reference: ReferenceMode::Precomputed,
             probe_prompts: 64,
+            split_grad_norm: true,
         }
     }
 }
@@ -145,6 +151,8 @@ pub struct TrainResult<B: Backend> {
     pub report: LoopReport,
     /// The checkpoint interval the run resumed from, if any.
     pub resumed_from: Option<usize>,
+    /// How λ was set, when the regularizer asks for a gradient ratio.
+    pub calibration: Option<Calibration>,
 }
 
 /// Marks every parameter as trained (a model that went through `valid()` has none marked).
@@ -298,13 +306,22 @@ pub fn train<B: AutodiffBackend>(
         settings: StepSettings {
             objective: spec.objective.clone(),
             logits_chunk: s.logits_chunk,
+            split_grad_norm: s.split_grad_norm,
             max_grad_norm: s.max_grad_norm,
         },
     };
     let intervals = steps.div_ceil(s.save_every);
     let report = Arc::new(Mutex::new(LoopReport::default()));
     let log_path: PathBuf = spec.dir.join("log.jsonl");
-    let (model, optim, schedule, resumed_from) = start_state(model, spec, steps, device)?;
+    let (mut model, optim, schedule, resumed_from) = start_state(model, spec, steps, device)?;
+    let calibration = set_lambda(
+        &mut model,
+        &train_loader,
+        s.seed,
+        &log_path,
+        resumed_from.is_some(),
+        device,
+    )?;
     let strategy = DecpoStrategy {
         train: train_loader.clone(),
         devices: devices.to_vec(),
@@ -348,6 +365,7 @@ pub fn train<B: AutodiffBackend>(
         policy: result.model.policy,
         report,
         resumed_from,
+        calibration,
     })
 }
 

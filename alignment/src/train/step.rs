@@ -7,15 +7,15 @@
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, ElementConversion, Tensor};
+use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use decpo_model::{CompletionBatch, Llama, completion_logps};
 use serde::Serialize;
 
-use crate::config::{LossType, ObjectiveConfig};
+use crate::config::{LossType, ObjectiveConfig, Regularizer};
 use crate::loss::preference::{PairLogps, SideLogps};
-use crate::objective::{StepOutput, objective};
-use crate::train::clip::clip_global_norm;
+use crate::objective::{StepOutput, objective, regularizer_term};
+use crate::train::clip::{clip_global_norm, split_norms};
 
 /// What a step needs besides the weights.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct StepSettings {
     pub logits_chunk: usize,
     /// Global gradient-norm clip; `None` = no clipping.
     pub max_grad_norm: Option<f64>,
+    /// With a regularizer, measure the norms of the gradient's two parts apart every step
+    /// ([`TrainSettings::split_grad_norm`](crate::train::session::TrainSettings)).
+    pub split_grad_norm: bool,
 }
 
 /// The trained model: the policy and, when the reference is a frozen copy, that copy (every
@@ -91,6 +94,26 @@ pub struct StepValues {
     pub fd: Option<f64>,
     /// Global gradient norm before clipping (training only).
     pub grad_norm: Option<f64>,
+    /// The global gradient norms of the preference term and of λ·L_reg on their own, and
+    /// dec / pref (training with a regularizer, on one device; before clipping).
+    #[serde(
+        rename = "grad_norm/pref",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grad_norm_pref: Option<f64>,
+    #[serde(
+        rename = "grad_norm/dec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grad_norm_dec: Option<f64>,
+    #[serde(
+        rename = "grad_norm/ratio",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grad_norm_ratio: Option<f64>,
     pub pairs: usize,
     pub tokens: usize,
     /// Filled in by the training loop, which times the step.
@@ -244,32 +267,101 @@ fn logps_from_inner<B: AutodiffBackend>(p: PairLogps<B::InnerBackend>) -> PairLo
     }
 }
 
+/// Seeds the device's generator with a seed drawn from it and returns that seed, so that a
+/// second forward of the same micro-batch can draw the same dropout masks.
+fn replay_seed<B: Backend>(device: &B::Device) -> u64 {
+    let draw = Tensor::<B, 1>::random([1], Distribution::Uniform(0.0, 1.0), device);
+    let seed = (draw.into_scalar().elem::<f64>() * u32::MAX as f64) as u64;
+    B::seed(device, seed);
+    seed
+}
+
+/// What [`DecpoModel::micro_grads`] differentiates from the full forward.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Loss {
+    /// L_pref + λ·L_reg: the step.
+    Total,
+    /// L_pref alone: the calibration of λ.
+    Preference,
+}
+
+impl<B: AutodiffBackend> DecpoModel<B> {
+    /// The reference log-probs of a training micro-batch: precomputed, or computed on the inner
+    /// backend (`inner`, made once per step: no autodiff graph, no second copy of the weights).
+    pub(crate) fn train_reference(
+        &self,
+        m: &MicroBatch<B>,
+        inner: &mut Option<DecpoModel<B::InnerBackend>>,
+    ) -> PairLogps<B> {
+        match &m.reference {
+            Some(r) => r.clone(),
+            None => {
+                let inner = inner.get_or_insert_with(|| self.valid());
+                logps_from_inner::<B>(inner.reference_logps(&batch_inner(&m.batch), m.pairs))
+            }
+        }
+    }
+
+    /// One micro-batch's objective and the gradients of `loss` / `n` and, when `split` is given,
+    /// of that regularizer's L_reg / `n` alone (a second forward, stopped at its layer, with the
+    /// same dropout masks).
+    pub(crate) fn micro_grads(
+        &self,
+        m: &MicroBatch<B>,
+        reference: &PairLogps<B>,
+        n: usize,
+        loss: Loss,
+        split: Option<&Regularizer>,
+    ) -> (StepOutput<B>, GradientsParams, Option<GradientsParams>) {
+        let device = m.batch.input_ids.device();
+        let seed = split.map(|_| replay_seed::<B>(&device));
+        let out = self.micro_objective(m, reference);
+        let differentiated = match loss {
+            Loss::Total => out.loss.clone(),
+            Loss::Preference => out.loss_pref.clone(),
+        };
+        let grads =
+            GradientsParams::from_grads(differentiated.div_scalar(n as f64).backward(), self);
+        let dec = split.zip(seed).map(|(reg, seed)| {
+            B::seed(&device, seed);
+            let value = regularizer_term(&self.policy, &m.batch, reg).div_scalar(n as f64);
+            GradientsParams::from_grads(value.backward(), self)
+        });
+        (out, grads, dec)
+    }
+}
+
 impl<B: AutodiffBackend> TrainStep for DecpoModel<B> {
     type Input = StepInput<B>;
     type Output = StepValues;
 
     fn step(&self, item: StepInput<B>) -> TrainOutput<StepValues> {
         let n = item.step_micro.max(1);
-        // A reference that was not precomputed runs on the inner backend: no autodiff graph, no
-        // second copy of the weights.
+        // The regularizer's share of the gradient is measured when it has one.
+        let split = (self.settings.objective.regularizer)
+            .filter(|r| r.lambda > 0.0 && self.settings.split_grad_norm);
         let mut inner = None;
         let mut accumulator = GradientsAccumulator::<Self>::new();
+        let mut dec = GradientsAccumulator::<Self>::new();
         let mut values = StepValues::default();
         for m in item.micro {
-            let reference = match &m.reference {
-                Some(r) => r.clone(),
-                None => {
-                    let inner = inner.get_or_insert_with(|| self.valid());
-                    logps_from_inner::<B>(inner.reference_logps(&batch_inner(&m.batch), m.pairs))
-                }
-            };
-            let out = self.micro_objective(&m, &reference);
+            let reference = self.train_reference(&m, &mut inner);
+            let (out, grads, d) = self.micro_grads(&m, &reference, n, Loss::Total, split.as_ref());
             values.add(&out, m.pairs, m.tokens);
-            let grads = out.loss.div_scalar(n as f64).backward();
-            accumulator.accumulate(self, GradientsParams::from_grads(grads, self));
+            accumulator.accumulate(self, grads);
+            if let Some(d) = d {
+                dec.accumulate(self, d);
+            }
+        }
+        let grads = accumulator.grads();
+        if let Some(reg) = split {
+            let (pref, dec) = split_norms(self, &grads, &dec.grads(), reg.lambda);
+            values.grad_norm_pref = Some(pref);
+            values.grad_norm_dec = Some(dec);
+            values.grad_norm_ratio = Some(dec / pref);
         }
         TrainOutput {
-            grads: accumulator.grads(),
+            grads,
             item: values.finish(),
         }
     }

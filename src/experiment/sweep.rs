@@ -1,0 +1,209 @@
+//! The dose-response section of an experiment with a sweep (`--regularizer-lambda-ratios`,
+//! `--regularizer-layers`; the paper's Fig. 7, which it only sketches): for each regularized
+//! layer, DPO (ratio 0) and DecPO at each gradient ratio side by side on what the regularizer
+//! acts on (FD at its own site and layer over the held-out pairs) and on what DPO is for (held-out
+//! reward margin and accuracy), each paired by seed against DPO. It is the positive control: at
+//! some ratio FD at the site must move, or the regularizer does nothing.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::SeriesLabelPosition;
+
+use super::eval::MethodResult;
+use super::methods::parse_variant;
+use super::paired::Paired;
+use super::report::{Settings, cell, mean_metric};
+use crate::analysis::plots::{Labels, Series, line_chart};
+
+/// FD at DecPO's site over the held-out pairs, at `layer`.
+fn fd_at_site(r: &MethodResult, layer: usize) -> f64 {
+    r.site_layers
+        .iter()
+        .find(|m| m.layer == layer)
+        .map_or(f64::NAN, |m| m.fd)
+}
+
+type Metric<'a> = (
+    &'a str,
+    Box<dyn Fn(&MethodResult, usize) -> f64>,
+    f64,
+    usize,
+);
+
+fn metrics<'a>() -> [Metric<'a>; 3] {
+    [
+        ("FD at the site", Box::new(fd_at_site), 1.0, 4),
+        (
+            "margin",
+            Box::new(|r: &MethodResult, _| r.eval.rewards_margins),
+            1.0,
+            4,
+        ),
+        (
+            "accuracy %",
+            Box::new(|r: &MethodResult, _| r.eval.rewards_accuracies),
+            100.0,
+            1,
+        ),
+    ]
+}
+
+/// The section's Markdown (empty without a sweep) and its figures.
+pub(super) fn dose_response(
+    out: &Path,
+    s: &Settings,
+    groups: &[(&str, Vec<&MethodResult>)],
+) -> anyhow::Result<(String, Vec<PathBuf>)> {
+    let mut variants: Vec<(usize, f64, &[&MethodResult])> = groups
+        .iter()
+        .filter_map(|(m, rs)| parse_variant(m).map(|(l, r)| (l, r, rs.as_slice())))
+        .collect();
+    if variants.is_empty() {
+        return Ok((String::new(), Vec::new()));
+    }
+    variants.sort_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).expect("finite ratios"));
+    let dpo: &[&MethodResult] = groups
+        .iter()
+        .find(|(m, _)| *m == "dpo")
+        .map_or(&[], |(_, v)| v.as_slice());
+    let mut layers: Vec<usize> = variants.iter().map(|v| v.0).collect();
+    layers.dedup();
+
+    let mut md = String::new();
+    writeln!(
+        md,
+        "\n## Dose-response: the regularizer's pull against what it moves\n"
+    )?;
+    writeln!(
+        md,
+        "DecPO at each gradient ratio r (λ set on each run's first step so that ‖∇λL_dec‖ = \
+         r·‖∇L_pref‖) and DPO (r = 0), per regularized layer. *FD at the site* is measured where \
+         the regularizer acts (site `{:?}`, rows {:?}) over all held-out pairs at that layer; \
+         mean ± std over seeds, and DecPO − DPO paired by seed (mean ± standard error; under two \
+         standard errors is noise).\n",
+        s.site, s.rows
+    )?;
+    writeln!(
+        md,
+        "| layer | r | λ | FD at the site | FD − DPO | margin | margin − DPO | accuracy % | accuracy − DPO |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    let metrics = metrics();
+    let mut control = Vec::new();
+    for &layer in &layers {
+        let column = |rs: &[&MethodResult], m: &Metric| -> Vec<f64> {
+            rs.iter().map(|r| (m.1)(r, layer) * m.2).collect()
+        };
+        let mut row = vec![layer.to_string(), "0 (DPO)".into(), "—".into()];
+        for m in &metrics {
+            row.extend([cell(&column(dpo, m), 1.0, m.3), "—".into()]);
+        }
+        writeln!(md, "| {} |", row.join(" | "))?;
+        for &(_, ratio, rs) in variants.iter().filter(|v| v.0 == layer) {
+            let lambda = mean_metric(rs, |r| {
+                r.train
+                    .as_ref()
+                    .and_then(|t| t.calibration)
+                    .map_or(f64::NAN, |c| c.lambda)
+            });
+            let mut row = vec![
+                layer.to_string(),
+                ratio.to_string(),
+                format!("{lambda:.3e}"),
+            ];
+            for (i, m) in metrics.iter().enumerate() {
+                let seeds = |rs: &[&MethodResult]| -> Vec<(u64, f64)> {
+                    rs.iter().map(|r| (r.seed, (m.1)(r, layer) * m.2)).collect()
+                };
+                let paired = Paired::of(&seeds(dpo), &seeds(rs));
+                if i == 0 {
+                    control.push((layer, ratio, paired.clone()));
+                }
+                row.extend([
+                    cell(&column(rs, m), 1.0, m.3),
+                    paired.map_or_else(|| "no DPO run".into(), |p| p.describe(m.3)),
+                ]);
+            }
+            writeln!(md, "| {} |", row.join(" | "))?;
+        }
+    }
+    writeln!(md)?;
+    for &layer in &layers {
+        let moved: Vec<String> = control
+            .iter()
+            .filter(|(l, _, p)| *l == layer && p.as_ref().is_some_and(Paired::distinguishable))
+            .map(|(_, r, p)| format!("r = {r} ({:+.4})", p.as_ref().map_or(0.0, |p| p.mean)))
+            .collect();
+        writeln!(
+            md,
+            "- Positive control, layer {layer}: {}",
+            if moved.is_empty() {
+                "FD at the site did not move distinguishably from DPO at any ratio tried. Either \
+                 the regularizer is too weak at these ratios or something is wrong."
+                    .to_string()
+            } else {
+                format!("FD at the site moved beyond noise at {}.", moved.join(", "))
+            }
+        )?;
+    }
+    let files = dose_figures(out, &layers, &variants, dpo)?;
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "png"))
+    {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        writeln!(md, "\n![{name}]({name})")?;
+    }
+    Ok((md, files))
+}
+
+/// FD at the site, margin and accuracy against the gradient ratio, one line per layer.
+fn dose_figures(
+    out: &Path,
+    layers: &[usize],
+    variants: &[(usize, f64, &[&MethodResult])],
+    dpo: &[&MethodResult],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (i, (name, f, scale, _)) in metrics().iter().enumerate() {
+        let series: Vec<Series> = layers
+            .iter()
+            .enumerate()
+            .map(|(k, &layer)| {
+                let mean = |rs: &[&MethodResult]| mean_metric(rs, |r| f(r, layer) * scale);
+                let mut points = Vec::new();
+                if !dpo.is_empty() {
+                    points.push((0.0, mean(dpo)));
+                }
+                points.extend(
+                    variants
+                        .iter()
+                        .filter(|v| v.0 == layer)
+                        .map(|&(_, ratio, rs)| (ratio, mean(rs))),
+                );
+                Series {
+                    name: format!("layer {layer}"),
+                    points,
+                    color: k,
+                }
+            })
+            .collect();
+        let stem = ["fd_site_dose", "margin_dose", "accuracy_dose"][i];
+        files.extend(line_chart(
+            &out.join(stem),
+            &Labels {
+                title: &format!("Held-out {name} against the gradient ratio (0 = DPO)"),
+                x: "gradient ratio r = |grad lambda L_dec| / |grad L_pref| on the first step",
+                y: name,
+                legend: SeriesLabelPosition::UpperRight,
+            },
+            &series,
+            false,
+        )?);
+    }
+    Ok(files)
+}
