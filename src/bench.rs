@@ -115,7 +115,7 @@ fn decpo_model(config: &LlamaConfig, case: &BenchCase) -> DecpoModel<Autodiff> {
     let base = config.init::<Autodiff>(&device);
     // As `train` does: full fine-tuning keeps f32 master weights (a no-op in f32).
     let (policy, reference) = if case.lora {
-        (base.with_lora(&LoraConfig::new()), None)
+        (base.with_lora(&LoraConfig::new(), 0), None)
     } else {
         let base = base.with_f32_master();
         (base.clone(), Some(base.no_grad()))

@@ -142,7 +142,7 @@ fn lora_adapters_train_in_f32_on_a_bf16_model() {
     let model = load_pretrained::<FA>(&fixture("tiny-llama"), &device)
         .unwrap()
         .model
-        .with_lora(&LoraConfig::new().with_dropout(0.0));
+        .with_lora(&LoraConfig::new().with_dropout(0.0), 0);
     let up = &model.layers[1].mlp.up_proj;
     let adapter = up.lora.as_ref().expect("up_proj adapter");
     assert_eq!(up.base.weight.val().dtype(), DType::BF16);

@@ -56,7 +56,7 @@ fn adapters_start_as_identity_merge_exactly_and_come_off() {
     let x = ids::<B>();
     let reference = logits(&base, x.clone());
     let c = LoraConfig::new().with_dropout(0.0);
-    let fresh = base.clone().with_lora(&c);
+    let fresh = base.clone().with_lora(&c, 11);
     assert!(fresh.has_adapters());
     let d = max_abs_diff(&logits(&fresh, x.clone()), &reference);
     assert!(d <= FLOAT_ORDER, "zero-init B changed the output by {d}");
@@ -78,6 +78,40 @@ fn adapters_start_as_identity_merge_exactly_and_come_off() {
     );
 }
 
+/// Every adapter's `lora_A`, in layer and projection order.
+fn lora_a(m: &Llama<B>) -> Vec<Vec<f32>> {
+    m.layers
+        .iter()
+        .flat_map(|l| l.projections())
+        .filter_map(|(_, p)| p.lora.as_ref())
+        .map(|a| a.lora_a.val().into_data().to_vec::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_seed_gives_the_same_adapters_whatever_drew_from_the_generator_before() {
+    let device = Default::default();
+    let base: Llama<B> = LlamaConfig::tiny().init(&device);
+    let c = LoraConfig::new();
+    B::seed(&device, 1);
+    let first = base.clone().with_lora(&c, 5);
+    // The backend's generator moves on before either model's adapters are first read: adapters
+    // drawn lazily from it would differ.
+    B::seed(&device, 2);
+    let second = base.clone().with_lora(&c, 5);
+    let _ = Tensor::<B, 1>::random([3], Distribution::Default, &device);
+    let a = lora_a(&first);
+    assert_eq!(a.len(), 3 * LlamaConfig::tiny().num_hidden_layers);
+    assert_eq!(a, lora_a(&second));
+    assert_ne!(a, lora_a(&base.clone().with_lora(&c, 6)));
+    // PEFT's kaiming-uniform: within ±1/√d_in, and the draws reach close to the bound.
+    let d_in = LlamaConfig::tiny().hidden_size as f32;
+    for values in &a {
+        let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(max <= 1.0 / d_in.sqrt() && max > 0.9 / d_in.sqrt(), "{max}");
+    }
+}
+
 #[test]
 fn only_adapters_of_the_chosen_layers_and_targets_get_gradients() {
     let base: Llama<AD> = LlamaConfig::tiny().init(&Default::default());
@@ -85,7 +119,7 @@ fn only_adapters_of_the_chosen_layers_and_targets_get_gradients() {
         .with_targets(vec!["q_proj".into(), "up_proj".into()])
         .with_first_layer(1)
         .with_end_layer(Some(3));
-    let m = base.with_lora(&c);
+    let m = base.with_lora(&c, 0);
     let x = ids::<AD>();
     let out = m.forward(x.clone(), x.ones_like(), &[]);
 
@@ -114,7 +148,7 @@ fn only_adapters_of_the_chosen_layers_and_targets_get_gradients() {
 fn adapters_save_in_peft_layout() {
     let m: Llama<B> = LlamaConfig::tiny().init(&Default::default());
     let c = LoraConfig::new();
-    let m = perturb(m.with_lora(&c));
+    let m = perturb(m.with_lora(&c, 0));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("adapters");
     save_lora_adapters(&m, &c, "tiny", &out).unwrap();

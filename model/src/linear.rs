@@ -4,7 +4,9 @@
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::module::linear;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rand::Rng;
+use rand::rngs::StdRng;
 
 use crate::lora::LoraConfig;
 use crate::precision::{f32, weight_for};
@@ -22,18 +24,24 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    pub fn init(d_in: usize, d_out: usize, c: &LoraConfig, device: &B::Device) -> Self {
-        // PEFT's default: kaiming-uniform A (a = √5, i.e. bound 1/√fan_in), zero B.
+    /// PEFT's default: kaiming-uniform A (a = √5, i.e. bound 1/√fan_in), zero B. A is drawn here,
+    /// on the host from `rng`, not lazily from the backend's generator: a lazy draw would take
+    /// whatever state that generator has when the weights are first touched, so the adapters
+    /// would depend on what ran before (a calibration, a precomputed reference) and on the backend.
+    pub fn init(
+        d_in: usize,
+        d_out: usize,
+        c: &LoraConfig,
+        rng: &mut StdRng,
+        device: &B::Device,
+    ) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
+        let a: Vec<f32> = (0..d_in * c.rank)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::<B, 2>::from_data(TensorData::new(a, [d_in, c.rank]), device);
         Self {
-            lora_a: f32_param(
-                Initializer::Uniform {
-                    min: -bound,
-                    max: bound,
-                },
-                [d_in, c.rank],
-                device,
-            ),
+            lora_a: Param::from_tensor(f32(a)),
             lora_b: f32_param(Initializer::Zeros, [c.rank, d_out], device),
             scale: c.alpha / c.rank as f64,
             dropout: DropoutConfig::new(c.dropout).init(),
@@ -121,11 +129,11 @@ impl<B: Backend> Projection<B> {
         }
     }
 
-    pub(crate) fn with_adapter(self, c: &LoraConfig) -> Self {
+    pub(crate) fn with_adapter(self, c: &LoraConfig, rng: &mut StdRng) -> Self {
         let [d_in, d_out] = self.base.weight.dims();
         let device = self.base.weight.device();
         Self {
-            lora: Some(LoraAdapter::init(d_in, d_out, c, &device)),
+            lora: Some(LoraAdapter::init(d_in, d_out, c, rng, &device)),
             base: self.base.no_grad(),
         }
     }

@@ -252,8 +252,11 @@ impl<B: Backend> Llama<B> {
         KvCache::new(self.layers.len(), capacity)
     }
 
-    /// Freezes every weight and adds fresh adapters where `c` says: only the adapters train.
-    pub fn with_lora(self, c: &LoraConfig) -> Self {
+    /// Freezes every weight and adds fresh adapters where `c` says: only the adapters train. Their
+    /// `lora_A` are drawn on the host from `seed` (layer by layer, projection by projection), so
+    /// a seed gives the same adapters on every backend, whenever they are first used.
+    pub fn with_lora(self, c: &LoraConfig, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
         let layers = c.layers(self.config.num_hidden_layers);
         let wants = |name: &str| c.targets.iter().any(|t| t == name);
         let mut model = self.no_grad();
@@ -264,7 +267,7 @@ impl<B: Backend> Llama<B> {
             for (name, proj) in layer.projections_mut() {
                 if wants(name) {
                     let p = std::mem::replace(proj, Projection::new(proj.base.clone()));
-                    *proj = p.with_adapter(c);
+                    *proj = p.with_adapter(c, &mut rng);
                 }
             }
         }

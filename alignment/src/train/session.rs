@@ -242,7 +242,7 @@ fn trainable<B: AutodiffBackend>(
         Some(c) => {
             c.validate(policy.config.num_hidden_layers)
                 .map_err(|m| AlignError::setting("lora", m))?;
-            policy.with_lora(c)
+            policy.with_lora(c, spec.train.seed)
         }
         None => policy.map(&mut Trainable).with_f32_master(),
     })
