@@ -7,6 +7,10 @@
 //!     --model runs/decpo --task cognitive-reframing \
 //!     --files ../shared/data/cognitive-reframing/reframing_dataset.csv --out analysis
 //!
+//! `--site` reads the rows where a regularizer can act (`prompt-last`, the default and the SPEC's
+//! measurement; `completion-mean`, `completion-last`, `eos` over the held-out pairs); every table,
+//! JSON and CSV says which.
+//!
 //! A `--model` is a GGUF file, a Hugging Face directory, or a `train` run directory (its exported
 //! `model/`). Relative depth is l / (L − 1), so models of different depths share one axis.
 
@@ -19,7 +23,8 @@ use decpo::analysis::measures::{
     ModelAnalysis, analyze_model, fd_over_steps, parse_layers, write_outputs,
 };
 use decpo::backend;
-use decpo::run::cli::{ConfigArgs, DataArgs, config_of_models};
+use decpo::run::cli::{ConfigArgs, DataArgs, config_name, config_of_models};
+use decpo_alignment::{RegRows, Site};
 
 #[derive(Parser, Debug)]
 #[command(about = "Per-layer FD / AV, top tokens and plots for one or more models")]
@@ -36,9 +41,17 @@ struct Args {
     config: ConfigArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Most prompts measured (SPEC: 1000).
+    /// Most prompts measured (SPEC: 1000); at a completion site, most pairs.
     #[arg(long, default_value_t = 1000)]
     n: usize,
+    /// Where in each sequence the rows are read, as the regularizer's sites: `prompt-last` (the
+    /// SPEC's measurement: prompts alone, one row per distinct prompt), `completion-mean`,
+    /// `completion-last` or `eos` (the held-out pairs, chosen and rejected).
+    #[arg(long, default_value = "prompt-last", value_parser = config_name::<Site>)]
+    site: Site,
+    /// At a completion site, which sequences give rows: `all` or `chosen`.
+    #[arg(long, default_value = "all", value_parser = config_name::<RegRows>)]
+    rows: RegRows,
     /// Which prompts: `eval` (the held-out part, as `train` splits it) or `all`.
     #[arg(long, default_value = "eval")]
     prompts: String,
@@ -83,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             c.train.seed,
             args.prompts == "all",
             args.n,
+            (args.site, args.rows),
             |n| parse_layers(&args.layers, n),
             args.top_k,
             &device,

@@ -94,6 +94,53 @@ fn evaluate_and_analyze_use_the_pairs_a_run_held_out() {
         analysis["models"][0]["prompts"].as_u64(),
         Some(held_out.len() as u64)
     );
+    assert_eq!(analysis["models"][0]["site"], "prompt-last");
+
+    // At a completion site the rows come from the held-out pairs (chosen and rejected), and the
+    // JSON and the CSV say where they were read.
+    let out = run_ok(
+        env!("CARGO_BIN_EXE_analyze"),
+        &[
+            "--model",
+            "r",
+            "--layers",
+            "0",
+            "--site",
+            "completion-mean",
+            "--out",
+            "an-cm",
+            "--json",
+        ],
+        d,
+    );
+    let at_site: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let analysis: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("an-cm/analysis.json")).unwrap())
+            .unwrap();
+    let m = &analysis["models"][0];
+    assert_eq!(
+        (
+            m["site"].as_str(),
+            m["rows"].as_str(),
+            m["prompts"].as_u64()
+        ),
+        (
+            Some("completion-mean"),
+            Some("all"),
+            Some(held_out.len() as u64)
+        )
+    );
+    let csv = std::fs::read_to_string(d.join("an-cm/layers.csv")).unwrap();
+    assert!(
+        csv.starts_with("model,site,layer,")
+            && csv
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("r,completion-mean,0,"),
+        "{csv}"
+    );
+    assert_ne!(at_site["layers"][0]["fd"], json["layers"][0]["fd"]);
 }
 
 #[test]

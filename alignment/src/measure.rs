@@ -134,20 +134,25 @@ pub fn measure_layers<B: Backend>(
     last_token_activations(model, prompts, pad_id, batch, layers, device)
         .into_iter()
         .zip(layers)
-        .map(|(z, &layer)| LayerMeasure {
-            layer,
-            fd: fd_of_rows(z.clone()),
-            av: av_of_rows(z.clone()),
-            sparsity: Some(sparsity_of_rows(z)),
-        })
+        .map(|(z, &layer)| measure_rows(layer, z))
         .collect()
 }
 
-/// FD, AV and sparsity of each of `layers` at a regularizer's `site` and `rows`, over the pairs
-/// of `set`, `micro_batch` pairs at a time: what the regularizer acts on, measured on held-out
-/// pairs (all their rows together, not per micro-batch). For `prompt-last`, a pair whose prompt
-/// an earlier pair had is left out (it would add the same row twice).
-pub fn site_measures<B: Backend>(
+/// FD, AV and sparsity of rows `z` `[n, d]` of `layer`.
+pub fn measure_rows<B: Backend>(layer: usize, z: Tensor<B, 2>) -> LayerMeasure {
+    LayerMeasure {
+        layer,
+        fd: fd_of_rows(z.clone()),
+        av: av_of_rows(z.clone()),
+        sparsity: Some(sparsity_of_rows(z)),
+    }
+}
+
+/// The `up_proj` rows of each of `layers` at a regularizer's `site` and `rows`, over the pairs of
+/// `set`, `micro_batch` pairs at a time (all their rows together, not per micro-batch); the
+/// number of pairs they come from. For `prompt-last`, a pair whose prompt an earlier pair had
+/// is left out (it would add the same row twice). No layers when `set` has no pairs.
+pub fn site_activations<B: Backend>(
     model: &Llama<B>,
     set: &PairSet,
     site: Site,
@@ -155,7 +160,7 @@ pub fn site_measures<B: Backend>(
     layers: &[usize],
     micro_batch: usize,
     device: &B::Device,
-) -> Vec<LayerMeasure> {
+) -> (Vec<Tensor<B, 2>>, usize) {
     let pairs: Vec<usize> = match site {
         Site::PromptLast => first_distinct(&set.pairs, usize::MAX, TokenizedPair::prompt_key),
         _ => (0..set.pairs.len()).collect(),
@@ -174,19 +179,29 @@ pub fn site_measures<B: Backend>(
             per_layer[l].push(site_rows(&acts, site, rows));
         }
     }
-    per_layer
+    let z = per_layer
         .into_iter()
+        .filter(|z| !z.is_empty())
+        .map(|z| Tensor::cat(z, 0))
+        .collect();
+    (z, pairs.len())
+}
+
+/// FD, AV and sparsity of each of `layers` at a regularizer's `site` and `rows`, over the pairs
+/// of `set` (see [`site_activations`]): what the regularizer acts on, measured on held-out pairs.
+pub fn site_measures<B: Backend>(
+    model: &Llama<B>,
+    set: &PairSet,
+    site: Site,
+    rows: RegRows,
+    layers: &[usize],
+    micro_batch: usize,
+    device: &B::Device,
+) -> Vec<LayerMeasure> {
+    let (z, _) = site_activations(model, set, site, rows, layers, micro_batch, device);
+    z.into_iter()
         .zip(layers)
-        .filter(|(z, _)| !z.is_empty())
-        .map(|(z, &layer)| {
-            let z = Tensor::cat(z, 0);
-            LayerMeasure {
-                layer,
-                fd: fd_of_rows(z.clone()),
-                av: av_of_rows(z.clone()),
-                sparsity: Some(sparsity_of_rows(z)),
-            }
-        })
+        .map(|(z, &layer)| measure_rows(layer, z))
         .collect()
 }
 

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use decpo_alignment::measure::{
-    av_of_rows, fd_of_rows, last_token_activations, sparsity_of_rows, top_tokens,
+    last_token_activations, measure_rows, site_activations, top_tokens,
 };
+use decpo_alignment::train::data::PairSet;
 use decpo_alignment::train::run::ProbePoint;
+use decpo_alignment::{RegRows, Site};
+use decpo_datasets::BatchIds;
 use decpo_datasets::{TokenizedPair, first_distinct};
 use decpo_model::{Llama, LlamaTokenizer};
 use serde::{Deserialize, Serialize};
@@ -42,11 +45,38 @@ pub struct TopTokenRow {
     pub logits: Vec<f64>,
 }
 
+/// Where a model's `up_proj` rows are read (SPEC section 3's sites).
+pub enum Measured<'a> {
+    /// The last token of each prompt, prompts alone (SPEC section 4; the `prompt-last` site).
+    Prompts {
+        prompts: &'a [Vec<u32>],
+        pad_id: u32,
+    },
+    /// A site other than `prompt-last`, with its rows, over pairs run `micro_batch` at a time.
+    Pairs {
+        set: &'a PairSet,
+        site: Site,
+        rows: RegRows,
+        micro_batch: usize,
+    },
+}
+
+fn prompt_last() -> Site {
+    Site::PromptLast
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelAnalysis {
     pub model: String,
     pub path: PathBuf,
+    /// The prompts measured (`prompt-last`) or the pairs whose rows were (other sites).
     pub prompts: usize,
+    /// Where the rows were read (absent in analyses written before sites: `prompt-last`).
+    #[serde(default = "prompt_last")]
+    pub site: Site,
+    /// Which sequences gave rows at a completion site.
+    #[serde(default)]
+    pub rows: RegRows,
     pub n_layers: usize,
     pub layers: Vec<LayerRow>,
     pub top_tokens: Vec<TopTokenRow>,
@@ -55,7 +85,19 @@ pub struct ModelAnalysis {
 impl ModelAnalysis {
     /// The table `analyze` prints: FD, AV and the top tokens of the most active neuron per layer.
     pub fn describe(&self) -> String {
-        let mut out = format!("== {} ({} prompts)\n", self.model, self.prompts);
+        let mut out = match self.site {
+            Site::PromptLast => format!(
+                "== {} ({} prompts, site prompt-last)\n",
+                self.model, self.prompts
+            ),
+            site => format!(
+                "== {} ({} pairs, site {}, rows {})\n",
+                self.model,
+                self.prompts,
+                site_name(site),
+                config_name(&self.rows)
+            ),
+        };
         out += "layer  rel.depth      FD          AV  sparsity   top tokens of the most active neuron\n";
         for (m, t) in self.layers.iter().zip(&self.top_tokens) {
             let tokens: Vec<String> = t.tokens.iter().take(6).map(|s| format!("{s:?}")).collect();
@@ -101,39 +143,79 @@ fn relative_depth(layer: usize, n: usize) -> f64 {
     }
 }
 
-/// Measures `model` (already loaded) on `prompts`.
+/// A setting's name as the configuration writes it (`completion-mean`, `all`).
+fn config_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A site's name as `--site` and the configuration write it.
+pub fn site_name(site: Site) -> String {
+    config_name(&site)
+}
+
+/// Measures `model` (already loaded) where `what` says.
 #[allow(clippy::too_many_arguments)]
 pub fn analyze_loaded<B: Backend>(
     name: String,
     path: PathBuf,
     model: &Llama<B>,
     tok: &LlamaTokenizer,
-    prompts: &[Vec<u32>],
-    pad_id: u32,
+    what: Measured,
     layers: &[usize],
     top_k: usize,
     device: &B::Device,
 ) -> anyhow::Result<ModelAnalysis> {
-    if prompts.len() < 2 {
-        bail!("{name}: FD needs at least 2 prompts, got {}", prompts.len());
+    let (z, count, site, rows) = match what {
+        Measured::Prompts { prompts, pad_id } => (
+            last_token_activations(model, prompts, pad_id, 16, layers, device),
+            prompts.len(),
+            Site::PromptLast,
+            RegRows::All,
+        ),
+        Measured::Pairs {
+            set,
+            site,
+            rows,
+            micro_batch,
+        } => {
+            let (z, pairs) = site_activations(model, set, site, rows, layers, micro_batch, device);
+            (z, pairs, site, rows)
+        }
+    };
+    let n_rows = z.first().map_or(0, |z| z.dims()[0]);
+    if n_rows < 2 {
+        bail!(
+            "{name}: FD needs at least 2 rows, got {n_rows} from {count} {} at site {}",
+            if site == Site::PromptLast {
+                "prompts"
+            } else {
+                "pairs"
+            },
+            site_name(site)
+        );
     }
     let n = model.config.num_hidden_layers;
-    let rows = last_token_activations(model, prompts, pad_id, 16, layers, device);
     let mut out = ModelAnalysis {
         model: name,
         path,
-        prompts: prompts.len(),
+        prompts: count,
+        site,
+        rows,
         n_layers: n,
         layers: Vec::new(),
         top_tokens: Vec::new(),
     };
-    for (z, &layer) in rows.into_iter().zip(layers) {
+    for (z, &layer) in z.into_iter().zip(layers) {
+        let m = measure_rows(layer, z.clone());
         out.layers.push(LayerRow {
             layer,
             relative_depth: relative_depth(layer, n),
-            fd: fd_of_rows(z.clone()),
-            av: av_of_rows(z.clone()),
-            sparsity: Some(sparsity_of_rows(z.clone())),
+            fd: m.fd,
+            av: m.av,
+            sparsity: m.sparsity,
         });
         let t = top_tokens(model, layer, z, top_k);
         let tokens = t
@@ -156,8 +238,9 @@ pub fn analyze_loaded<B: Backend>(
     Ok(out)
 }
 
-/// Loads the model at `path`, tokenizes the prompts of `data` with its tokenizer, splits them as
-/// a run with `seed` does, and measures it.
+/// Loads the model at `path`, tokenizes the pairs of `data` with its tokenizer, splits them as
+/// a run with `seed` does, and measures it at `site` (with `rows` at a completion site) on at
+/// most `n` distinct prompts (`prompt-last`) or `n` pairs (other sites).
 #[allow(clippy::too_many_arguments)]
 pub fn analyze_model<B: Backend>(
     path: &Path,
@@ -166,6 +249,7 @@ pub fn analyze_model<B: Backend>(
     seed: u64,
     all_prompts: bool,
     n: usize,
+    (site, rows): (Site, RegRows),
     layers: impl Fn(usize) -> anyhow::Result<Vec<usize>>,
     top_k: usize,
     device: &B::Device,
@@ -179,31 +263,40 @@ pub fn analyze_model<B: Backend>(
     let eos = eos_id(&tok, &name)?;
     let prepared = prepare(data, &tok, eos, seed)?;
     eprint!("{}", prepared.summary);
-    let source = if all_prompts {
+    let source: Vec<TokenizedPair> = if all_prompts {
         prepared.train.into_iter().chain(prepared.eval).collect()
     } else {
         prepared.eval
     };
-    let prompts: Vec<Vec<u32>> = first_distinct(&source, n, TokenizedPair::prompt_key)
-        .into_iter()
-        .map(|i| source[i].prompt_ids.clone())
-        .collect();
-    if prompts.is_empty() {
+    if source.is_empty() {
         let side = if all_prompts { "" } else { "held-out " };
-        bail!("no {side}prompts to measure {name} on (see the data summary above)");
+        bail!("no {side}pairs to measure {name} on (see the data summary above)");
     }
     let layers = layers(model.config.num_hidden_layers)?;
-    analyze_loaded(
-        name,
-        resolved,
-        &model,
-        &tok,
-        &prompts,
-        tok.pad_id(),
-        &layers,
-        top_k,
-        device,
-    )
+    let pad_id = tok.pad_id();
+    if site == Site::PromptLast {
+        let prompts: Vec<Vec<u32>> = first_distinct(&source, n, TokenizedPair::prompt_key)
+            .into_iter()
+            .map(|i| source[i].prompt_ids.clone())
+            .collect();
+        let what = Measured::Prompts {
+            prompts: &prompts,
+            pad_id,
+        };
+        return analyze_loaded(name, resolved, &model, &tok, what, &layers, top_k, device);
+    }
+    let set = PairSet {
+        pairs: source.into_iter().take(n).collect(),
+        ids: BatchIds { pad: pad_id, eos },
+        reference: None,
+    };
+    let what = Measured::Pairs {
+        set: &set,
+        site,
+        rows,
+        micro_batch: 8,
+    };
+    analyze_loaded(name, resolved, &model, &tok, what, &layers, top_k, device)
 }
 
 /// FD/AV of every layer at each evaluation of a training run (its `probe` log lines).
@@ -284,17 +377,26 @@ pub fn write_outputs(
     Ok(files)
 }
 
-/// layers.csv (FD/AV per model and layer) and top_tokens.csv.
+/// layers.csv (FD/AV per model and layer, and the site they were read at) and top_tokens.csv.
 fn write_csv(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let path = out.join("layers.csv");
     let mut w = csv::Writer::from_path(&path).map_err(csv_err(&path))?;
-    w.write_record(["model", "layer", "relative_depth", "fd", "av", "sparsity"])
-        .map_err(csv_err(&path))?;
+    w.write_record([
+        "model",
+        "site",
+        "layer",
+        "relative_depth",
+        "fd",
+        "av",
+        "sparsity",
+    ])
+    .map_err(csv_err(&path))?;
     for a in analyses {
         for l in &a.layers {
             w.write_record([
                 a.model.clone(),
+                site_name(a.site),
                 l.layer.to_string(),
                 format!("{:.4}", l.relative_depth),
                 format!("{:.6}", l.fd),
@@ -347,12 +449,22 @@ fn write_csv(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathB
 /// FD and AV per relative depth, one line per model; AV differences against the first model.
 fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
+    // Every title says where the rows were read; a legend entry too when the models differ in it.
+    let same_site = analyses.windows(2).all(|w| w[0].site == w[1].site);
+    let at = match analyses.first() {
+        Some(a) if same_site => format!(" (site {})", site_name(a.site)),
+        _ => " (sites as in the legend)".to_string(),
+    };
     let by_depth = |f: fn(&LayerRow) -> f64| -> Vec<Series> {
         analyses
             .iter()
             .enumerate()
             .map(|(i, a)| Series {
-                name: a.model.clone(),
+                name: if same_site {
+                    a.model.clone()
+                } else {
+                    format!("{} ({})", a.model, site_name(a.site))
+                },
                 points: a.layers.iter().map(|l| (l.relative_depth, f(l))).collect(),
                 color: i,
             })
@@ -361,7 +473,7 @@ fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<Pat
     files.extend(line_chart(
         &out.join("fd_depth"),
         &Labels {
-            title: "Feature decorrelation per layer",
+            title: &format!("Feature decorrelation per layer{at}"),
             x: "relative depth l / (L - 1)",
             y: "FD = 1 - mean pairwise cosine",
             legend: SeriesLabelPosition::LowerLeft,
@@ -372,7 +484,7 @@ fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<Pat
     files.extend(line_chart(
         &out.join("av_depth"),
         &Labels {
-            title: "Activation variance per layer",
+            title: &format!("Activation variance per layer{at}"),
             x: "relative depth l / (L - 1)",
             y: "AV = mean variance over d_ff",
             legend: SeriesLabelPosition::UpperLeft,
@@ -401,7 +513,7 @@ fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<Pat
         files.extend(line_chart(
             &out.join("av_diff_depth"),
             &Labels {
-                title: &format!("AV difference against {}", base.model),
+                title: &format!("AV difference against {}{at}", base.model),
                 x: "relative depth l / (L - 1)",
                 y: "AV difference",
                 legend: SeriesLabelPosition::UpperLeft,
