@@ -256,6 +256,8 @@ fn templates_lay_out_text_pairs_for_the_model() {
         format!("{SMOLLM2_SYSTEM}<|im_start|>user\n{situation}<|im_end|>\n<|im_start|>assistant\n")
     );
     assert_eq!(decode(&t[0].chosen_ids), format!("{reframe}<|im_end|>"));
+    // What a judge is shown is the situation itself, not the template's markup.
+    assert_eq!(t[0].prompt_text, situation);
     for ids in [&t[0].chosen_ids, &t[0].rejected_ids] {
         let n = ids.len();
         assert_eq!(

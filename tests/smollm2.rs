@@ -205,3 +205,41 @@ fn gguf_to_hf_directory_round_trip_gives_identical_logits() {
         p.tokenizer.as_ref().unwrap().chat_template
     );
 }
+
+#[test]
+fn pairwise_judging_cancels_the_order_the_responses_are_shown_in() {
+    use decpo_alignment::judge::{Judge, JudgeQuestion};
+    let p = smollm2();
+    let tok = p.tokenizer.as_ref().unwrap();
+    let judge = Judge::new(&p.model, tok, &Default::default()).unwrap();
+    let q = JudgeQuestion::Reframing;
+    let prompt = "A Roomate of mine stole my comptuer";
+    let good = "My roommate stole something of mine, and I will focus on actionable solutions.";
+    let bad = "Someone I trusted stole something valuable of mine, I wanted justice";
+    let text = judge.render_pairwise(q, prompt, (good, bad), None);
+    assert!(
+        text.contains(&format!("Response A: {good}\nResponse B: {bad}\n"))
+            && text.ends_with("Answer A or B.<|im_end|>\n<|im_start|>assistant\n"),
+        "{text}"
+    );
+    let prefs = judge
+        .preferences(
+            q,
+            &[
+                (prompt, good, bad, None),
+                (prompt, bad, good, None),
+                (prompt, good, good, None),
+            ],
+        )
+        .unwrap();
+    // Swapping the responses swaps the two texts the judge reads: the preference flips.
+    assert!(
+        (prefs[0].p_first() + prefs[1].p_first() - 1.0).abs() < 1e-5,
+        "{prefs:?}"
+    );
+    assert!((prefs[0].first_as_a + prefs[1].first_as_b - 1.0).abs() < 1e-5);
+    // Two identical responses: whatever the judge's taste for a position, the mean is 0.5; and
+    // it has one (the two orders of one text differ only in what is A and what is B).
+    assert!((prefs[2].p_first() - 0.5).abs() < 1e-5, "{:?}", prefs[2]);
+    assert!((prefs[2].first_as_a - 0.5).abs() > 1e-3, "{:?}", prefs[2]);
+}

@@ -108,6 +108,7 @@ mod tests {
     fn rows_are_chosen_first_and_masks_mark_completions() {
         let a = TokenizedPair {
             source: "a".into(),
+            prompt_text: String::new(),
             prompt_ids: vec![5, 6],
             chosen_ids: vec![7, 2],
             rejected_ids: vec![8, 9, 2],
@@ -115,6 +116,7 @@ mod tests {
         // Pair b's rejected completion was truncated: it does not end with EOS (2).
         let b = TokenizedPair {
             source: "b".into(),
+            prompt_text: String::new(),
             prompt_ids: vec![4],
             chosen_ids: vec![2],
             rejected_ids: vec![3, 4],

@@ -28,6 +28,9 @@ pub struct TokenizeConfig {
 pub struct TokenizedPair {
     /// Where the pair came from ([`PreferencePair::source`]).
     pub source: String,
+    /// The prompt as the data gives it, before any template and truncation (chat turns as
+    /// `role: content` lines; one user turn as its text): what a judge is shown.
+    pub prompt_text: String,
     pub prompt_ids: Vec<u32>,
     pub chosen_ids: Vec<u32>,
     pub rejected_ids: Vec<u32>,
@@ -93,6 +96,20 @@ pub fn render(tok: &LlamaTokenizer, pair: &PreferencePair) -> Result<(String, St
     }
 }
 
+/// Turns as a reader sees them, without a chat template's markup: a text as it is, one user turn
+/// as its text, several turns as `role: content` lines.
+pub fn plain_text(turns: &Turns) -> String {
+    match turns {
+        Turns::Text(t) => t.clone(),
+        Turns::Chat(m) if m.len() == 1 && m[0].role == "user" => m[0].content.clone(),
+        Turns::Chat(m) => m
+            .iter()
+            .map(|m| format!("{}: {}", m.role, m.content))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
 /// Tokenizes `pairs` in order; pairs that cannot fit are dropped and counted in the report.
 pub fn tokenize_pairs(
     tok: &LlamaTokenizer,
@@ -127,6 +144,7 @@ pub fn tokenize_pairs(
         if let Some(t) = truncate(
             TokenizedPair {
                 source: pair.source.clone(),
+                prompt_text: plain_text(&pair.prompt),
                 prompt_ids,
                 chosen_ids,
                 rejected_ids,
@@ -172,11 +190,28 @@ fn truncate(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_text_leaves_the_template_out() {
+        let user = |t: &str| ChatMessage::new("user", t);
+        assert_eq!(plain_text(&Turns::Text(" as is\n".into())), " as is\n");
+        assert_eq!(plain_text(&Turns::Chat(vec![user("Hi")])), "Hi");
+        let dialogue = vec![
+            user("Hi"),
+            ChatMessage::new("assistant", "Hello."),
+            user("Bye"),
+        ];
+        assert_eq!(
+            plain_text(&Turns::Chat(dialogue)),
+            "user: Hi\nassistant: Hello.\nuser: Bye"
+        );
+    }
+
     use super::*;
 
     fn pair(p: usize, c: usize, r: usize) -> TokenizedPair {
         TokenizedPair {
             source: "test".into(),
+            prompt_text: String::new(),
             prompt_ids: (0..p as u32).collect(),
             chosen_ids: (100..100 + c as u32).collect(),
             rejected_ids: (200..200 + r as u32).collect(),

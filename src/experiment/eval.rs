@@ -16,7 +16,7 @@ use decpo_datasets::TokenizedPair;
 use decpo_model::{Llama, LlamaTokenizer, SamplingConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::measures::{ModelAnalysis, analyze_loaded};
+use crate::analysis::measures::{Measured, ModelAnalysis, analyze_loaded};
 use crate::backend::Backend;
 use crate::run::RunConfig;
 use crate::run::data::load_with_tokenizer;
@@ -106,8 +106,10 @@ pub fn evaluate_method(
         c.out.clone(),
         model,
         tok,
-        &prompts,
-        eval_set.ids.pad,
+        Measured::Prompts {
+            prompts: &prompts,
+            pad_id: eval_set.ids.pad,
+        },
         &layers,
         10,
         device,
@@ -232,11 +234,14 @@ pub fn check_the_judge(
     let judge = Judge::new(jm, jt, device)?;
     let check = check_judge(&judge, tok, &eval_set.pairs, settings.prompts, question)?;
     eprintln!(
-        "judge on {} gold pairs: AUC {:.3} (p(YES) chosen {:.3}, rejected {:.3}){}",
+        "judge on {} gold pairs: AUC {:.3} (p(YES) chosen {:.3}, rejected {:.3}); side by side \
+         it prefers the chosen on {:.3} of them, both orders agreeing on {:.3}{}",
         check.pairs,
         check.auc,
         check.mean_p_yes_chosen,
         check.mean_p_yes_rejected,
+        check.pairwise_accuracy.unwrap_or(f64::NAN),
+        check.pairwise_consistency.unwrap_or(f64::NAN),
         if check.trusted() {
             ""
         } else {

@@ -228,6 +228,7 @@ mod tests {
         // Pair 1: prompt [4], chosen [3, 2], rejected [3, 4] (truncated: no EOS).
         let pair = |s: &str, p: Vec<u32>, c: Vec<u32>, r: Vec<u32>| TokenizedPair {
             source: s.into(),
+            prompt_text: String::new(),
             prompt_ids: p,
             chosen_ids: c,
             rejected_ids: r,
