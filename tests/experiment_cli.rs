@@ -238,7 +238,27 @@ fn a_sweep_runs_decpo_per_gradient_ratio_and_reports_the_dose_response() {
         report.contains("| 1 | 0.5 |") && report.contains("| 1 | 2 |"),
         "{report}"
     );
-    assert!(report.contains("Positive control, layer 1"), "{report}");
+    // One seed gives no error bar, and the report says so rather than a verdict either way.
+    assert!(
+        report.contains("Positive control, layer 1: one seed only, so no error bar"),
+        "{report}"
+    );
+    // Each ratio is compared with DPO on every metric, FD at its own site among them.
+    for variant in ["DecPO l1 r0.5", "DecPO l1 r2"] {
+        let claim = report
+            .lines()
+            .find(|l| l.contains(&format!("Here, {variant} − DPO paired by seed")))
+            .unwrap_or_else(|| panic!("no claim for {variant}: {report}"));
+        assert!(
+            claim.contains("FD at the regularizer's site (completion-mean) at layer 1"),
+            "{claim}"
+        );
+        assert!(claim.contains("(one seed: no error bar)"), "{claim}");
+    }
+    assert!(
+        report.contains("λ set on each run's first step from its gradient ratio"),
+        "{report}"
+    );
     for plot in ["fd_site_dose", "margin_dose", "accuracy_dose"] {
         assert!(rep.join(format!("{plot}.png")).is_file(), "{plot}.png");
     }

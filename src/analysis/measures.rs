@@ -94,8 +94,8 @@ impl ModelAnalysis {
                 "== {} ({} pairs, site {}, rows {})\n",
                 self.model,
                 self.prompts,
-                site_name(site),
-                config_name(&self.rows)
+                setting_name(&site),
+                setting_name(&self.rows)
             ),
         };
         out += "layer  rel.depth      FD          AV  sparsity   top tokens of the most active neuron\n";
@@ -143,17 +143,12 @@ fn relative_depth(layer: usize, n: usize) -> f64 {
     }
 }
 
-/// A setting's name as the configuration writes it (`completion-mean`, `all`).
-fn config_name<T: Serialize>(v: &T) -> String {
+/// A setting's name as its flag and the configuration write it (`completion-mean`, `all`).
+pub fn setting_name<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-/// A site's name as `--site` and the configuration write it.
-pub fn site_name(site: Site) -> String {
-    config_name(&site)
 }
 
 /// Measures `model` (already loaded) where `what` says.
@@ -194,7 +189,7 @@ pub fn analyze_loaded<B: Backend>(
             } else {
                 "pairs"
             },
-            site_name(site)
+            setting_name(&site)
         );
     }
     let n = model.config.num_hidden_layers;
@@ -396,7 +391,7 @@ fn write_csv(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<PathB
         for l in &a.layers {
             w.write_record([
                 a.model.clone(),
-                site_name(a.site),
+                setting_name(&a.site),
                 l.layer.to_string(),
                 format!("{:.4}", l.relative_depth),
                 format!("{:.6}", l.fd),
@@ -452,7 +447,7 @@ fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<Pat
     // Every title says where the rows were read; a legend entry too when the models differ in it.
     let same_site = analyses.windows(2).all(|w| w[0].site == w[1].site);
     let at = match analyses.first() {
-        Some(a) if same_site => format!(" (site {})", site_name(a.site)),
+        Some(a) if same_site => format!(" (site {})", setting_name(&a.site)),
         _ => " (sites as in the legend)".to_string(),
     };
     let by_depth = |f: fn(&LayerRow) -> f64| -> Vec<Series> {
@@ -463,7 +458,7 @@ fn depth_plots(out: &Path, analyses: &[ModelAnalysis]) -> anyhow::Result<Vec<Pat
                 name: if same_site {
                     a.model.clone()
                 } else {
-                    format!("{} ({})", a.model, site_name(a.site))
+                    format!("{} ({})", a.model, setting_name(&a.site))
                 },
                 points: a.layers.iter().map(|l| (l.relative_depth, f(l))).collect(),
                 color: i,

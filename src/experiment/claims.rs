@@ -2,11 +2,14 @@
 //! results, in words for the report.
 
 use decpo_alignment::measure::LayerMeasure;
+
+use crate::analysis::measures::setting_name;
 use decpo_alignment::train::step::StepValues;
 
 use super::eval::MethodResult;
+use super::methods::parse_variant;
 use super::paired::Paired;
-use super::report::{Settings, fd_at, mean_metric};
+use super::report::{Settings, fd_at, label, mean_metric, mean_of};
 use crate::run::job::Summary;
 
 /// The paper's claims next to what the run shows, one sentence each.
@@ -21,11 +24,15 @@ pub(super) fn claims(s: &Settings, groups: &[(&str, Vec<&MethodResult>)]) -> Vec
     if let Some(dpo) = get("dpo") {
         out.push(fd_rises_claim(s, dpo));
     }
-    if let (Some(dpo), Some(dec)) = (get("dpo"), get("decpo")) {
-        out.push(decpo_beats_dpo_claim(s, dpo, dec));
-    }
-    if let Some(dec) = get("decpo") {
-        out.push(term_size(s, dec));
+    // DecPO as asked (`decpo`) or at each ratio and layer of a sweep, each against DPO.
+    let decpos = groups
+        .iter()
+        .filter(|(m, _)| *m == "decpo" || parse_variant(m).is_some());
+    for (method, dec) in decpos {
+        if let Some(dpo) = get("dpo") {
+            out.push(decpo_beats_dpo_claim(s, &label(method), dpo, dec));
+        }
+        out.push(term_size(s, &label(method), dec));
     }
     out
 }
@@ -85,15 +92,20 @@ fn fd_rises_claim(s: &Settings, dpo: &[&MethodResult]) -> String {
     )
 }
 
-fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResult]) -> String {
-    let cmp = |name: &str, f: &dyn Fn(&MethodResult) -> f64, digits: usize| {
+fn decpo_beats_dpo_claim(
+    s: &Settings,
+    name: &str,
+    dpo: &[&MethodResult],
+    dec: &[&MethodResult],
+) -> String {
+    let cmp = |what: &str, f: &dyn Fn(&MethodResult) -> f64, digits: usize| {
         let by_seed = |rs: &[&MethodResult]| -> Vec<(u64, f64)> {
             rs.iter().map(|r| (r.seed, f(r))).collect()
         };
         let verdict = Paired::of(&by_seed(dpo), &by_seed(dec))
             .map_or_else(|| "no seed with both".into(), |p| p.describe(digits));
         format!(
-            "{name} {:.*} (DecPO) vs {:.*} (DPO), DecPO − DPO {verdict}",
+            "{what} {:.*} ({name}) vs {:.*} (DPO), difference {verdict}",
             digits,
             mean_metric(dec, f),
             digits,
@@ -106,6 +118,7 @@ fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResu
     let mut parts = vec![
         cmp("reward margin", &|r| r.eval.rewards_margins, 4),
         cmp("reward accuracy", &|r| r.eval.rewards_accuracies, 3),
+        cmp("held-out DPO loss", &|r| r.eval.loss_preference, 4),
     ];
     if dpo
         .iter()
@@ -118,9 +131,30 @@ fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResu
             3,
         ));
     }
+    if dpo.iter().chain(dec).all(|r| !r.site_layers.is_empty()) {
+        parts.push(cmp(
+            &format!(
+                "FD at the regularizer's site ({}) at layer {}",
+                setting_name(&s.site),
+                s.layer
+            ),
+            &|r| {
+                r.site_layers
+                    .iter()
+                    .find(|m| m.layer == s.layer)
+                    .map_or(f64::NAN, |m| m.fd)
+            },
+            4,
+        ));
+    }
     parts.push(cmp(
-        &format!("FD at layer {}", s.layer),
+        &format!("FD at the last prompt token at layer {}", s.layer),
         &|r| fd_at(&r.analysis, s.layer),
+        4,
+    ));
+    parts.push(cmp(
+        "FD at the last prompt token averaged over layers",
+        &|r| mean_of(&r.analysis, |l| l.fd),
         4,
     ));
     if judged {
@@ -132,13 +166,13 @@ fn decpo_beats_dpo_claim(s: &Settings, dpo: &[&MethodResult], dec: &[&MethodResu
     }
     format!(
         "**DecPO beats DPO** (paper, Table 2: higher judge scores; Fig. 6: larger reward \
-         margins; FD higher at the regularized layer). Here, paired by seed (mean difference ± \
-         its standard error; a difference under two standard errors is noise): {}.",
+         margins; FD higher at the regularized layer). Here, {name} − DPO paired by seed (mean \
+         difference ± its standard error; a difference under two standard errors is noise): {}.",
         parts.join("; ")
     )
 }
 
-fn term_size(s: &Settings, dec: &[&MethodResult]) -> String {
+fn term_size(s: &Settings, name: &str, dec: &[&MethodResult]) -> String {
     let last = |f: &dyn Fn(&StepValues) -> f64| {
         mean_metric(dec, |r| {
             r.train
@@ -179,7 +213,7 @@ fn term_size(s: &Settings, dec: &[&MethodResult]) -> String {
         String::new()
     };
     format!(
-        "Size of the DecPO term at the last evaluation: L_dec = {reg:.3} per micro-batch, \
+        "Size of the {name} term at the last evaluation: L_dec = {reg:.3} per micro-batch, \
          λ·L_dec = {term:.5} next to a DPO loss of {pref:.4}.{gradient} {}",
         if term < 0.05 * pref && !ratio.is_finite() {
             "The regularizer is a small part of the objective here, so DecPO and DPO are \

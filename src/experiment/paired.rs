@@ -49,24 +49,21 @@ impl Paired {
             .is_some_and(|se| self.mean.abs() >= 2.0 * se && self.mean != 0.0)
     }
 
-    /// "+0.0123 ± 0.0040 (3 seeds, 3 agree in sign): B higher" or "... not distinguishable from
-    /// noise", with `digits` decimals.
+    /// "+0.0123 ± 0.0040 (3 seeds, 3 agree in sign): higher", "... not distinguishable from
+    /// noise", or with one seed "+0.0123 (one seed: no error bar)", with `digits` decimals.
     pub fn describe(&self, digits: usize) -> String {
-        let se = self
-            .se
-            .map_or_else(|| "no SE".into(), |s| format!("± {s:.digits$}"));
-        let verdict = if self.se.is_none() {
-            "one seed: no error bar, not a result"
-        } else if !self.distinguishable() {
+        let Some(se) = self.se else {
+            return format!("{:+.digits$} (one seed: no error bar)", self.mean);
+        };
+        let verdict = if !self.distinguishable() {
             "not distinguishable from noise"
         } else if self.mean > 0.0 {
             "higher"
         } else {
             "lower"
         };
-        let seeds = if self.n == 1 { "seed" } else { "seeds" };
         format!(
-            "{:+.digits$} {se} ({} {seeds}, {} agree in sign): {verdict}",
+            "{:+.digits$} ± {se:.digits$} ({} seeds, {} agree in sign): {verdict}",
             self.mean, self.n, self.agree
         )
     }
@@ -104,6 +101,7 @@ mod tests {
         // One seed has no error bar; no common seed or a NaN gives nothing.
         let one = Paired::of(&a[..1], &b[..1]).unwrap();
         assert_eq!((one.se, one.distinguishable()), (None, false));
+        assert_eq!(one.describe(2), "+0.30 (one seed: no error bar)");
         assert_eq!(Paired::of(&a[..1], &b[1..]), None);
         assert_eq!(Paired::of(&[(1, f64::NAN)], &b), None);
     }

@@ -296,6 +296,10 @@ fn markdown(
     env.set_keep_trailing_newline(true);
     env.add_template("report.md", TEMPLATE)?;
     let join = |v: Vec<String>, sep: &str| v.join(sep);
+    let by_gradient = groups
+        .iter()
+        .flat_map(|(_, rs)| rs)
+        .any(|r| r.train.as_ref().is_some_and(|t| t.calibration.is_some()));
     let text = env.get_template("report.md")?.render(minijinja::context! {
         s,
         minutes => format!("{:.1}", s.minutes),
@@ -310,7 +314,13 @@ fn markdown(
         figures => FIGURES,
         top_tokens => top_token_rows(s, firsts),
         files => join(s.files.iter().map(|f| format!("`{}`", f.display())).collect(), ", "),
-        decpo_lambda => s.decpo_lambda.to_string(),
+        decpo_lambda => if by_gradient {
+            "set on each run's first step from its gradient ratio (the dose-response table gives \
+             it)"
+                .to_string()
+        } else {
+            format!("= {}", s.decpo_lambda)
+        },
         l1_lambda => s.l1_lambda.to_string(),
     })?;
     Ok(text)

@@ -14,6 +14,7 @@ use super::eval::MethodResult;
 use super::methods::parse_variant;
 use super::paired::Paired;
 use super::report::{Settings, cell, mean_metric};
+use crate::analysis::measures::setting_name;
 use crate::analysis::plots::{Labels, Series, line_chart};
 
 /// FD at DecPO's site over the held-out pairs, at `layer`.
@@ -79,10 +80,11 @@ pub(super) fn dose_response(
         md,
         "DecPO at each gradient ratio r (λ set on each run's first step so that ‖∇λL_dec‖ = \
          r·‖∇L_pref‖) and DPO (r = 0), per regularized layer. *FD at the site* is measured where \
-         the regularizer acts (site `{:?}`, rows {:?}) over all held-out pairs at that layer; \
+         the regularizer acts (site `{}`, rows {}) over all held-out pairs at that layer; \
          mean ± std over seeds, and DecPO − DPO paired by seed (mean ± standard error; under two \
          standard errors is noise).\n",
-        s.site, s.rows
+        setting_name(&s.site),
+        setting_name(&s.rows)
     )?;
     writeln!(
         md,
@@ -130,21 +132,15 @@ pub(super) fn dose_response(
     }
     writeln!(md)?;
     for &layer in &layers {
-        let moved: Vec<String> = control
+        let at_layer: Vec<(f64, &Paired)> = control
             .iter()
-            .filter(|(l, _, p)| *l == layer && p.as_ref().is_some_and(Paired::distinguishable))
-            .map(|(_, r, p)| format!("r = {r} ({:+.4})", p.as_ref().map_or(0.0, |p| p.mean)))
+            .filter(|(l, _, _)| *l == layer)
+            .filter_map(|(_, r, p)| p.as_ref().map(|p| (*r, p)))
             .collect();
         writeln!(
             md,
             "- Positive control, layer {layer}: {}",
-            if moved.is_empty() {
-                "FD at the site did not move distinguishably from DPO at any ratio tried. Either \
-                 the regularizer is too weak at these ratios or something is wrong."
-                    .to_string()
-            } else {
-                format!("FD at the site moved beyond noise at {}.", moved.join(", "))
-            }
+            positive_control(&at_layer)
         )?;
     }
     let files = dose_figures(out, &layers, &variants, dpo)?;
@@ -159,6 +155,37 @@ pub(super) fn dose_response(
         writeln!(md, "\n![{name}]({name})")?;
     }
     Ok((md, files))
+}
+
+/// What FD at the site did against DPO's, over the ratios of one layer (ratio, DecPO − DPO).
+fn positive_control(at_layer: &[(f64, &Paired)]) -> String {
+    let list = |ps: Vec<&(f64, &Paired)>| {
+        ps.iter()
+            .map(|(r, p)| format!("r = {r} ({:+.4})", p.mean))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if at_layer.is_empty() {
+        return "no DPO run to compare with.".into();
+    }
+    if at_layer.iter().all(|(_, p)| p.se.is_none()) {
+        return format!(
+            "one seed only, so no error bar: FD at the site minus DPO's is {}. Not a result \
+             until more seeds agree.",
+            list(at_layer.iter().collect())
+        );
+    }
+    let moved: Vec<_> = at_layer
+        .iter()
+        .filter(|(_, p)| p.distinguishable())
+        .collect();
+    if moved.is_empty() {
+        "FD at the site did not move distinguishably from DPO at any ratio tried. Either the \
+         regularizer is too weak at these ratios or something is wrong."
+            .into()
+    } else {
+        format!("FD at the site moved beyond noise at {}.", list(moved))
+    }
 }
 
 /// FD at the site, margin and accuracy against the gradient ratio, one line per layer.
@@ -206,4 +233,29 @@ fn dose_figures(
         )?);
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_positive_control_says_what_the_seeds_allow() {
+        let dpo = [(1, 0.3), (2, 0.2), (3, 0.25)];
+        let one = Paired::of(&dpo[..1], &[(1, 0.9)]).unwrap();
+        let said = positive_control(&[(1.0, &one)]);
+        assert!(said.starts_with("one seed only"), "{said}");
+        assert!(said.contains("r = 1 (+0.6000)"), "{said}");
+        // +0.6, +0.7, +0.65: far beyond two standard errors.
+        let moved = Paired::of(&dpo, &[(1, 0.9), (2, 0.9), (3, 0.9)]).unwrap();
+        // +0.1, -0.1, 0.0: noise.
+        let noise = Paired::of(&dpo, &[(1, 0.4), (2, 0.1), (3, 0.25)]).unwrap();
+        let said = positive_control(&[(0.1, &noise), (1.0, &moved)]);
+        assert_eq!(
+            said,
+            "FD at the site moved beyond noise at r = 1 (+0.6500)."
+        );
+        let said = positive_control(&[(0.1, &noise)]);
+        assert!(said.starts_with("FD at the site did not move"), "{said}");
+    }
 }
