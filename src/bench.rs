@@ -13,7 +13,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, Optimizer};
 use burn::train::TrainStep;
 use decpo_alignment::train::step::{DecpoModel, MicroBatch, StepInput, StepSettings, finish_grads};
-use decpo_alignment::{ObjectiveConfig, Regularizer};
+use decpo_alignment::{ObjectiveConfig, Regularizer, Site};
 use decpo_model::{CompletionBatch, LoraConfig};
 
 use crate::backend::{self, Autodiff};
@@ -125,7 +125,11 @@ fn decpo_model(config: &LlamaConfig, case: &BenchCase) -> DecpoModel<Autodiff> {
         reference,
         settings: StepSettings {
             objective: ObjectiveConfig {
-                regularizer: Some(Regularizer::paper(config.num_hidden_layers)),
+                // scripts/bench_torch.py takes the rows at the last real token.
+                regularizer: Some(Regularizer {
+                    site: Site::Eos,
+                    ..Regularizer::paper(config.num_hidden_layers)
+                }),
                 ..ObjectiveConfig::default()
             },
             logits_chunk: case.logits_chunk,

@@ -224,6 +224,7 @@ mod tests {
             reg,
             Regularizer {
                 lambda: reg.lambda,
+                site: Site::Eos,
                 ..Regularizer::new(RegMode::Paper, 10)
             }
         );
