@@ -2,14 +2,14 @@
 //! results, in words for the report.
 
 use decpo_alignment::measure::LayerMeasure;
-
-use crate::analysis::measures::setting_name;
 use decpo_alignment::train::step::StepValues;
 
 use super::eval::MethodResult;
 use super::methods::parse_variant;
 use super::paired::Paired;
 use super::report::{Settings, fd_at, label, mean_metric, mean_of};
+use super::sweep::fd_at_site;
+use crate::analysis::measures::setting_name;
 use crate::run::job::Summary;
 
 /// The paper's claims next to what the run shows, one sentence each.
@@ -138,12 +138,7 @@ fn decpo_beats_dpo_claim(
                 setting_name(&s.site),
                 s.layer
             ),
-            &|r| {
-                r.site_layers
-                    .iter()
-                    .find(|m| m.layer == s.layer)
-                    .map_or(f64::NAN, |m| m.fd)
-            },
+            &|r| fd_at_site(r, s.layer),
             4,
         ));
     }

@@ -18,7 +18,7 @@ use crate::analysis::measures::setting_name;
 use crate::analysis::plots::{Labels, Series, line_chart};
 
 /// FD at DecPO's site over the held-out pairs, at `layer`.
-fn fd_at_site(r: &MethodResult, layer: usize) -> f64 {
+pub(super) fn fd_at_site(r: &MethodResult, layer: usize) -> f64 {
     r.site_layers
         .iter()
         .find(|m| m.layer == layer)
