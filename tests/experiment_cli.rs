@@ -187,6 +187,8 @@ fn a_sweep_runs_decpo_per_gradient_ratio_and_reports_the_dose_response() {
             "dpo,decpo",
             "--regularizer-lambda-ratios",
             "0.5,2",
+            "--regularizer-layers",
+            "1,2",
             "--regularizer-site",
             "completion-mean",
             "--max-steps",
@@ -207,8 +209,18 @@ fn a_sweep_runs_decpo_per_gradient_ratio_and_reports_the_dose_response() {
         .iter()
         .map(|r| r["method"].as_str().unwrap())
         .collect();
-    // The embedded Llama has 4 layers: the regularizer's default layer is 4 / 3 = 1.
-    assert_eq!(methods, ["base", "dpo", "decpo-l1-r0.5", "decpo-l1-r2"]);
+    // One DecPO variant per layer and ratio, in that order (the embedded Llama has 4 layers).
+    assert_eq!(
+        methods,
+        [
+            "base",
+            "dpo",
+            "decpo-l1-r0.5",
+            "decpo-l1-r2",
+            "decpo-l2-r0.5",
+            "decpo-l2-r2"
+        ]
+    );
     // Both variants set λ on the same first step from the same weights: λ scales with the ratio,
     // and each run's config.toml keeps the λ it trained with.
     let lambda = |m: &str| {
@@ -259,7 +271,24 @@ fn a_sweep_runs_decpo_per_gradient_ratio_and_reports_the_dose_response() {
         report.contains("λ set on each run's first step from its gradient ratio"),
         "{report}"
     );
-    for plot in ["fd_site_dose", "margin_dose", "accuracy_dose"] {
+    assert!(report.contains("| 2 | 2 |"), "{report}");
+    assert!(
+        report.contains("Positive control, layer 2: one seed only"),
+        "{report}"
+    );
+    // Two layers: the measures are drawn against the ratio and against the layer.
+    for plot in [
+        "fd_site_dose",
+        "margin_dose",
+        "accuracy_dose",
+        "fd_site_layer",
+        "margin_layer",
+        "accuracy_layer",
+    ] {
         assert!(rep.join(format!("{plot}.png")).is_file(), "{plot}.png");
+        assert!(
+            report.contains(&format!("![{plot}.png]({plot}.png)")),
+            "{plot}"
+        );
     }
 }

@@ -143,7 +143,8 @@ pub(super) fn dose_response(
             positive_control(&at_layer)
         )?;
     }
-    let files = dose_figures(out, &layers, &variants, dpo)?;
+    let mut files = dose_figures(out, &layers, &variants, dpo)?;
+    files.extend(layer_figures(out, &layers, &variants, dpo)?);
     for f in files
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "png"))
@@ -235,6 +236,72 @@ fn dose_figures(
     Ok(files)
 }
 
+/// FD at the site, margin and accuracy against the regularized layer, one line for DPO and one
+/// per ratio; drawn only when the sweep covers more than one layer.
+fn layer_figures(
+    out: &Path,
+    layers: &[usize],
+    variants: &[(usize, f64, &[&MethodResult])],
+    dpo: &[&MethodResult],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if layers.len() < 2 {
+        return Ok(files);
+    }
+    for (i, (name, f, scale, _)) in metrics().iter().enumerate() {
+        let series = layer_series(layers, variants, dpo, |rs, layer| {
+            mean_metric(rs, |r| f(r, layer) * scale)
+        });
+        let stem = ["fd_site_layer", "margin_layer", "accuracy_layer"][i];
+        files.extend(line_chart(
+            &out.join(stem),
+            &Labels {
+                title: &format!("Held-out {name} against the regularized layer"),
+                x: "layer the regularizer acts on (DPO: measured at that layer)",
+                y: name,
+                legend: SeriesLabelPosition::UpperRight,
+            },
+            &series,
+            false,
+        )?);
+    }
+    Ok(files)
+}
+
+/// The lines of a chart against the layer: DPO (its value at each layer: FD at the site depends
+/// on the layer measured, margin and accuracy do not) and each ratio over the layers it was run
+/// at, `value` giving a group of runs' mean at a layer.
+fn layer_series<T>(
+    layers: &[usize],
+    variants: &[(usize, f64, &[T])],
+    dpo: &[T],
+    value: impl Fn(&[T], usize) -> f64,
+) -> Vec<Series> {
+    let mut series = Vec::new();
+    if !dpo.is_empty() {
+        series.push(Series {
+            name: "DPO (r = 0)".into(),
+            points: layers.iter().map(|&l| (l as f64, value(dpo, l))).collect(),
+            color: 0,
+        });
+    }
+    let mut ratios: Vec<f64> = variants.iter().map(|v| v.1).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.dedup();
+    for (k, ratio) in ratios.into_iter().enumerate() {
+        series.push(Series {
+            name: format!("DecPO r = {ratio}"),
+            points: variants
+                .iter()
+                .filter(|v| v.1 == ratio)
+                .map(|&(l, _, rs)| (l as f64, value(rs, l)))
+                .collect(),
+            color: k + 1,
+        });
+    }
+    series
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +324,28 @@ mod tests {
         );
         let said = positive_control(&[(0.1, &noise)]);
         assert!(said.starts_with("FD at the site did not move"), "{said}");
+    }
+
+    #[test]
+    fn against_the_layer_dpo_spans_every_layer_and_each_ratio_its_own() {
+        // A run is its value at each layer: index = layer.
+        let dpo = [vec![0.1, 0.2, 0.3]];
+        let a = [vec![9.0, 0.5, 9.0]];
+        let b = [vec![9.0, 9.0, 0.7]];
+        let c = [vec![0.9, 9.0, 9.0]];
+        let variants: [(usize, f64, &[Vec<f64>]); 3] = [(1, 1.0, &a), (2, 1.0, &b), (0, 0.3, &c)];
+        let series = layer_series(&[0, 1, 2], &variants, &dpo, |rs, l| rs[0][l]);
+        let lines: Vec<(&str, &[(f64, f64)])> = series
+            .iter()
+            .map(|s| (s.name.as_str(), s.points.as_slice()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("DPO (r = 0)", &[(0.0, 0.1), (1.0, 0.2), (2.0, 0.3)][..]),
+                ("DecPO r = 0.3", &[(0.0, 0.9)][..]),
+                ("DecPO r = 1", &[(1.0, 0.5), (2.0, 0.7)][..]),
+            ]
+        );
     }
 }
