@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use common::{AD, B, bits, short_run, sorting_config, sorting_pairs, weights};
-use decpo_alignment::train::run::latest_checkpoint;
+use decpo_alignment::train::checkpoint::latest_checkpoint;
 use decpo_alignment::train::schedule::Decay;
 use decpo_alignment::train::session::{ReferenceMode, RunSpec, TrainSettings, train};
 use decpo_alignment::{LossType, ObjectiveConfig, Regularizer, Site};

@@ -1,6 +1,7 @@
 //! Training on burn-train: the step, its metrics, the schedule, clipping, the loop and resuming.
 
 pub mod calibrate;
+pub mod checkpoint;
 pub mod clip;
 pub mod data;
 pub mod metrics;

@@ -17,7 +17,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
 use crate::error::{AlignError, Result};
-use crate::train::run::AtomicRecorder;
+use crate::train::checkpoint::AtomicRecorder;
 use crate::train::schedule::WarmupSchedule;
 use crate::train::step::DecpoModel;
 

@@ -4,7 +4,10 @@
 //! - a burn-train "epoch" is one checkpoint interval of `save_every` optimizer steps; after each,
 //!   the eval split runs and a checkpoint is written (model, optimizer, schedule), keeping the
 //!   last `keep_last` and the best by eval loss;
-//! - every checkpoint file is written to a temporary file and renamed ([`AtomicRecorder`]);
+//! - every checkpoint file is written to a temporary file and renamed, an older checkpoint is
+//!   deleted only once a newer one is complete, and a checkpoint that cannot be written (a full
+//!   disk) stops the run with an error, the newest complete one left to resume from
+//!   ([`crate::train::checkpoint`]);
 //! - step `s` reseeds the backend RNG with `seed + s` (LoRA dropout) and always gets the same pairs
 //!   (see [`crate::train::data`]), so resuming from a checkpoint (loaded by
 //!   [`crate::train::restore`]) replays an uninterrupted run;
@@ -19,16 +22,13 @@
 //!   (up to the order of the float sums); evaluation, probes and checkpoints use the main device.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
-use burn::record::{
-    FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
-};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::MetricDefinition;
 use burn::train::renderer::{
@@ -42,74 +42,13 @@ use burn::train::{
     TrainingItem, ValidLoader,
 };
 use decpo_model::Llama;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::measure::{LayerMeasure, measure_layers};
+use crate::train::checkpoint::Checkpoints;
 use crate::train::data::StepLoader;
 use crate::train::schedule::WarmupSchedule;
 use crate::train::step::{DecpoModel, StepValues, finish_grads};
-
-/// burn's named MessagePack recorder at full precision, writing through a temporary file that is
-/// renamed into place: a crash never leaves a half-written checkpoint file.
-#[derive(Debug, Default, Clone)]
-pub struct AtomicRecorder {
-    inner: NamedMpkFileRecorder<FullPrecisionSettings>,
-}
-
-impl<B: Backend> Recorder<B> for AtomicRecorder {
-    type Settings = FullPrecisionSettings;
-    type RecordArgs = PathBuf;
-    type RecordOutput = ();
-    type LoadArgs = PathBuf;
-
-    fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
-        let io = |e: std::io::Error| RecorderError::Unknown(format!("{}: {e}", file.display()));
-        let name = file.file_name().ok_or_else(|| {
-            RecorderError::Unknown(format!("{}: not a file name", file.display()))
-        })?;
-        let dir = file.parent().unwrap_or(Path::new("."));
-        let staging = dir.join(".partial");
-        std::fs::create_dir_all(&staging).map_err(io)?;
-        let tmp = staging.join(name);
-        Recorder::<B>::save_item(&self.inner, item, tmp.clone())?;
-        let ext =
-            <NamedMpkFileRecorder<FullPrecisionSettings> as FileRecorder<B>>::file_extension();
-        let written = tmp.with_extension(ext);
-        std::fs::File::open(&written)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&written, file.with_extension(ext)).map_err(io)
-    }
-
-    fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
-        Recorder::<B>::load_item(&self.inner, file)
-    }
-}
-
-impl<B: Backend> FileRecorder<B> for AtomicRecorder {
-    fn file_extension() -> &'static str {
-        <NamedMpkFileRecorder<FullPrecisionSettings> as FileRecorder<B>>::file_extension()
-    }
-}
-
-/// The newest checkpoint interval in `dir/checkpoint` whose three files all exist.
-pub fn latest_checkpoint(run_dir: &Path) -> Option<usize> {
-    let dir = run_dir.join("checkpoint");
-    let entries = std::fs::read_dir(&dir).ok()?;
-    entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            let k = name.strip_prefix("scheduler-")?.strip_suffix(".mpk")?;
-            k.parse::<usize>().ok()
-        })
-        .filter(|k| {
-            ["model", "optim"]
-                .iter()
-                .all(|p| dir.join(format!("{p}-{k}.mpk")).exists())
-        })
-        .max()
-}
 
 /// A renderer that draws nothing: used off a terminal, where the loop prints plain lines.
 pub struct PlainRenderer;
@@ -180,6 +119,8 @@ pub struct DecpoStrategy<B: AutodiffBackend> {
     /// Print a plain line every this many steps (0 = never; the dashboard shows them instead).
     pub print_every: usize,
     pub log_path: PathBuf,
+    /// The run's checkpoints, to check that each was written and prune the last ones.
+    pub checkpoints: Checkpoints,
     pub report: Arc<Mutex<LoopReport>>,
     /// Prompts whose per-layer FD/AV is measured before training and at every evaluation
     /// (empty: none), right-padded with `pad_id`.
@@ -351,6 +292,32 @@ fn non_finite(step: usize, values: &StepValues) -> String {
     )
 }
 
+impl<B: AutodiffBackend> DecpoStrategy<B> {
+    /// Once every write has finished: an error when the newest checkpoint asked for (`asked`)
+    /// was not written, else `None` after pruning the checkpoints it supersedes.
+    fn unwritten(&self, asked: Option<usize>, done: usize, why: Option<String>) -> Option<String> {
+        let latest = self.checkpoints.latest();
+        let why = why.unwrap_or_else(|| "no reason given".into());
+        match asked {
+            Some(k) if latest < Some(k) => Some(format!(
+                "checkpoint {k} could not be written ({why}); stopped after step {done}. {}",
+                latest.map_or_else(
+                    || "No complete checkpoint is left: start the run again".into(),
+                    |l| format!(
+                        "Checkpoint {l} (step {}) is complete: make room and continue with --resume",
+                        (l * self.save_every).min(self.total_steps)
+                    )
+                )
+            )),
+            _ => self
+                .checkpoints
+                .prune()
+                .err()
+                .map(|e| format!("pruning old checkpoints: {e}")),
+        }
+    }
+}
+
 /// The seed of step `step` on device `d`: `seed + step` on the main device (a run on one device
 /// draws what it always drew), another stream on each other device.
 pub(crate) fn step_seed(seed: u64, step: usize, d: usize) -> u64 {
@@ -386,6 +353,7 @@ where
         let start = Instant::now();
         let mut done = (starting_epoch - 1) * self.save_every;
         let mut failure = None;
+        let mut asked = None;
         let mut evals = Vec::new();
         let mut probes = Vec::new();
         if starting_epoch == 1 {
@@ -427,12 +395,19 @@ where
             processor.process_train(LearnerEvent::EndEpoch(k));
             evals.extend(self.evaluate(&learner, &valid, &global, &mut processor, done));
             probes.extend(self.probe(&learner.model().valid().policy, done));
+            if interrupter.should_stop() {
+                break;
+            }
             if let Some(c) = &mut checkpointer {
                 c.checkpoint(&learner, k, &components.event_store);
+                asked = Some(k);
             }
         }
         // Dropping the checkpointer waits for its writes to finish.
         drop(checkpointer);
+        if failure.is_none() {
+            failure = self.unwritten(asked, done, interrupter.get_message());
+        }
         let mut report = self.report.lock().expect("report lock");
         report.failure = failure;
         report.evals = evals;

@@ -20,13 +20,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::ObjectiveConfig;
 use crate::error::{AlignError, Result, io_err};
 use crate::train::calibrate::{Calibration, set_lambda};
+use crate::train::checkpoint::{AtomicRecorder, Checkpoints, KeepComplete, latest_checkpoint};
 use crate::train::data::{PairSet, StepLoader, StepPlan, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
 use crate::train::reference::prepare_reference;
 use crate::train::restore::{Adam, restore};
-use crate::train::run::{
-    AtomicRecorder, DecpoStrategy, LoopReport, PlainRenderer, latest_checkpoint, merge_values,
-};
+use crate::train::run::{DecpoStrategy, LoopReport, PlainRenderer, merge_values};
 use crate::train::schedule::{Decay, WarmupSchedule};
 use crate::train::step::{DecpoModel, StepSettings, StepValues};
 
@@ -322,6 +321,7 @@ pub fn train<B: AutodiffBackend>(
         resumed_from.is_some(),
         device,
     )?;
+    let checkpoints = Checkpoints::of_run(spec.dir);
     let strategy = DecpoStrategy {
         train: train_loader.clone(),
         devices: devices.to_vec(),
@@ -335,6 +335,7 @@ pub fn train<B: AutodiffBackend>(
             s.save_every.div_ceil(5).max(1)
         },
         log_path,
+        checkpoints: checkpoints.clone(),
         report: report.clone(),
         probe,
         pad_id,
@@ -342,7 +343,10 @@ pub fn train<B: AutodiffBackend>(
     let mut training = SupervisedTraining::new(spec.dir, Arc::new(train_loader), eval_loader)
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
         .with_file_checkpointer(AtomicRecorder::default())
-        .with_checkpointing_strategy(checkpointing(s.keep_last))
+        .with_checkpointing_strategy(KeepComplete {
+            inner: checkpointing(s.keep_last),
+            checkpoints,
+        })
         .with_metric_logger(InMemoryMetricLogger::default())
         .with_application_logger(None)
         .num_epochs(intervals);

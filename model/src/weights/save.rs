@@ -135,9 +135,16 @@ pub fn save_lora_adapters<B: Backend>(
 }
 
 fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
-    let corrupt = |e: safetensors::SafeTensorError| ModelError::Corrupt {
-        path: path.into(),
-        message: e.to_string(),
+    // A failed write (a full disk) is an I/O error on `path`, not a corrupt file.
+    let corrupt = |e: safetensors::SafeTensorError| match e {
+        safetensors::SafeTensorError::IoError(cause) => ModelError::Io {
+            path: path.into(),
+            cause,
+        },
+        e => ModelError::Corrupt {
+            path: path.into(),
+            message: e.to_string(),
+        },
     };
     let views = tensors
         .iter()
@@ -227,5 +234,17 @@ mod tests {
         let err = write_file_atomically(path.parent().unwrap(), b"x");
         assert!(err.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_safetensors_file_that_cannot_be_written_is_an_io_error_not_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir/model.safetensors");
+        let tensors = vec![("w".to_string(), vec![1], 1f32.to_le_bytes().to_vec())];
+        let err = write_safetensors(&path, &tensors).unwrap_err();
+        assert!(matches!(err, ModelError::Io { .. }), "{err:?}");
+        let said = err.to_string();
+        assert!(said.contains("missing-dir/model.safetensors"), "{said}");
+        assert!(!said.contains("corrupt"), "{said}");
     }
 }
