@@ -8,11 +8,13 @@
 //! - [`evaluate`]: a policy on its run's held-out pairs, and judged generations (`evaluate`);
 //! - [`experiment`]: the paper's comparison of methods and its report;
 //! - [`bench`]: the throughput benchmarks of `bench`;
-//! - [`backend`]: the concrete burn backend picked by cargo feature.
+//! - [`backend`]: the concrete burn backend picked by cargo feature;
+//! - [`fuzzing`]: the fuzz targets, every parser of a user's file fed arbitrary bytes.
 
 pub mod analysis;
 pub mod backend;
 pub mod bench;
 pub mod evaluate;
 pub mod experiment;
+pub mod fuzzing;
 pub mod run;

@@ -183,3 +183,18 @@ fn toxicity_pairs_and_gzip_by_magic_bytes() {
         Turns::Text(" is a complete moron.".into())
     );
 }
+
+/// A Parquet file whose dictionary index points past its dictionary (found by the fuzz target
+/// `rows_parquet`, a mutation of `fixtures/data/conversational.parquet`): the `parquet` crate
+/// panics on it; reading it is an error naming the file.
+#[test]
+fn a_parquet_file_that_panics_its_reader_is_an_error_naming_the_file() {
+    let path = common::fixture("data/corrupt-dictionary-index.parquet");
+    let trl = Task::from_name("trl").unwrap();
+    let said = err(&path, &trl);
+    assert!(
+        said.contains("corrupt-dictionary-index.parquet")
+            && said.contains("corrupt Parquet file: the reader failed (index out of bounds"),
+        "{said}"
+    );
+}

@@ -136,7 +136,24 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
     Ok(rows)
 }
 
+/// The `parquet` crate (57) panics on some corrupt files instead of returning an error (a
+/// dictionary index out of bounds: apache/arrow-rs#9434, found here by `fuzzing::rows`); such a
+/// panic becomes an error naming the file.
 fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
+    std::panic::catch_unwind(|| read_parquet_rows(path)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(DataError::File {
+            path: path.into(),
+            message: format!("corrupt Parquet file: the reader failed ({why})"),
+        })
+    })
+}
+
+fn read_parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file_err = |message: String| DataError::File {
         path: path.into(),

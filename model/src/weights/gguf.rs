@@ -41,6 +41,9 @@ pub struct GgufFile {
     map: Mmap,
 }
 
+/// How deep metadata arrays may nest (llama.cpp's files use one level).
+const MAX_ARRAY_DEPTH: usize = 8;
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -99,7 +102,8 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| self.corrupt(format!("{what} is not UTF-8")))
     }
 
-    fn value(&mut self, ty: u32, key: &str) -> Result<GgufValue> {
+    /// A metadata value of type `ty`, inside `depth` arrays.
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<GgufValue> {
         let mut fixed = |n: usize| self.take(n, key).map(|b| b.to_vec());
         Ok(match ty {
             0 => GgufValue::Int(fixed(1)?[0] as i64),
@@ -111,12 +115,18 @@ impl<'a> Reader<'a> {
             6 => GgufValue::Float(f32::from_le_bytes(fixed(4)?.try_into().expect("4")) as f64),
             7 => GgufValue::Bool(fixed(1)?[0] != 0),
             8 => GgufValue::Str(self.string(key)?),
+            // Arrays of arrays are legal; a deep nest (12 bytes a level) would exhaust the stack.
+            9 if depth >= MAX_ARRAY_DEPTH => {
+                return Err(self.corrupt(format!(
+                    "metadata `{key}` nests arrays deeper than {MAX_ARRAY_DEPTH}"
+                )));
+            }
             9 => {
                 let item = self.u32(key)?;
                 let n = self.count(key, 1)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(self.value(item, key)?);
+                    items.push(self.value(item, key, depth + 1)?);
                 }
                 GgufValue::Array(items)
             }
@@ -172,7 +182,7 @@ impl GgufFile {
         for _ in 0..n_kv {
             let key = r.string("a metadata key")?;
             let ty = r.u32(&key)?;
-            let value = r.value(ty, &key)?;
+            let value = r.value(ty, &key, 0)?;
             metadata.insert(key, value);
         }
         let mut raw = Vec::with_capacity(n_tensors);
@@ -500,5 +510,29 @@ mod tests {
         let err = GgufFile::open(&path).err().unwrap().to_string();
         assert!(err.contains("not a GGUF file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deeply_nested_metadata_arrays_are_an_error_not_a_stack_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested.gguf");
+        // GGUF v3, no tensors, one metadata key holding arrays of arrays of ... 100 000 deep.
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        bytes.push(b'k');
+        bytes.extend(9u32.to_le_bytes());
+        for _ in 0..100_000 {
+            bytes.extend(9u32.to_le_bytes());
+            bytes.extend(1u64.to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = GgufFile::open(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("nested.gguf") && err.contains("nests arrays deeper than 8"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,9 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let (_, target) = decpo::fuzzing::TARGETS
+        .iter()
+        .find(|(name, _)| *name == "rows_parquet")
+        .expect("a target of decpo::fuzzing");
+    target(data);
+});
