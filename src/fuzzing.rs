@@ -16,7 +16,8 @@ use decpo_model::{LlamaTokenizer, load_pretrained};
 use crate::backend::{Backend, device};
 use crate::run::RunConfig;
 
-/// A fuzz target: its name (the cargo-fuzz target and corpus folder) and its entry point.
+/// A fuzz target: its name (the cargo-fuzz target in `fuzz/` and its corpus folder) and its
+/// entry point.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
@@ -172,9 +173,7 @@ pub fn run_config(data: &[u8]) {
 fn embedded_tokenizer() -> LlamaTokenizer {
     thread_local! {
         static TOK: LlamaTokenizer = {
-            crate::run::embedded::model::<Backend>(&scratch_dir(), 0, &device())
-                .expect("the embedded model loads")
-                .1
+            crate::run::embedded::tokenizer(&scratch_dir()).expect("the embedded tokenizer loads")
         };
     }
     TOK.with(Clone::clone)

@@ -47,6 +47,14 @@ fn materialise(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The small Llama's word-level tokenizer, its files written to `out/embedded-model`.
+pub fn tokenizer(out: &Path) -> anyhow::Result<LlamaTokenizer> {
+    let dir = out.join("embedded-model");
+    materialise(&dir.join("tokenizer.json"), TOKENIZER)?;
+    materialise(&dir.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
+    Ok(LlamaTokenizer::from_hf_dir(&dir)?)
+}
+
 /// The small Llama, initialised from `seed`, and its tokenizer. The weights are drawn on the host
 /// ([`LlamaConfig::init_seeded`]), so a seed gives the same model on every backend.
 pub fn model<B: Backend>(
@@ -54,10 +62,7 @@ pub fn model<B: Backend>(
     seed: u64,
     device: &B::Device,
 ) -> anyhow::Result<(Llama<B>, LlamaTokenizer)> {
-    let dir = out.join("embedded-model");
-    materialise(&dir.join("tokenizer.json"), TOKENIZER)?;
-    materialise(&dir.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
-    let tok = LlamaTokenizer::from_hf_dir(&dir)?;
+    let tok = tokenizer(out)?;
     let config = LlamaConfig::from_hf_json(CONFIG, "embedded config.json")?;
     Ok((config.init_seeded(seed, device), tok))
 }

@@ -161,16 +161,15 @@ impl<S: CheckpointingStrategy> CheckpointingStrategy for KeepComplete<S> {
         epoch: usize,
         store: &EventStoreClient,
     ) -> Vec<CheckpointingAction> {
-        let (mut actions, deletes): (Vec<_>, Vec<_>) = self
-            .inner
-            .checkpointing(epoch, store)
-            .into_iter()
-            .partition(|a| matches!(a, CheckpointingAction::Save));
-        self.checkpoints
-            .hold(deletes.into_iter().filter_map(|a| match a {
-                CheckpointingAction::Delete(k) => Some(k),
-                CheckpointingAction::Save => None,
-            }));
+        let mut actions = Vec::new();
+        let mut deletes = Vec::new();
+        for action in self.inner.checkpointing(epoch, store) {
+            match action {
+                CheckpointingAction::Delete(k) => deletes.push(k),
+                save => actions.push(save),
+            }
+        }
+        self.checkpoints.hold(deletes);
         actions.extend(
             self.checkpoints
                 .release()

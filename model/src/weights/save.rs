@@ -136,7 +136,7 @@ pub fn save_lora_adapters<B: Backend>(
 
 fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
     // A failed write (a full disk) is an I/O error on `path`, not a corrupt file.
-    let corrupt = |e: safetensors::SafeTensorError| match e {
+    let err = |e: safetensors::SafeTensorError| match e {
         safetensors::SafeTensorError::IoError(cause) => ModelError::Io {
             path: path.into(),
             cause,
@@ -152,9 +152,9 @@ fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
             TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (n.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(corrupt)?;
+        .map_err(err)?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(corrupt)
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(err)
 }
 
 /// Fills a temporary sibling of `dir` with `fill`, then renames it into place (replacing `dir`),
