@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Long fuzzing runs with cargo-fuzz (libFuzzer), one target after another:
+# Long fuzzing runs with cargo-fuzz (libFuzzer), one target after another, each until 10^6
+# executions or SECONDS_PER_TARGET, whichever comes first:
 #   scripts/fuzz.sh [SECONDS_PER_TARGET (default 600)] [TARGET ...]
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The seeds are small
 # slices of the real files, written to fuzz/corpus/<target>/ by tests/fuzz_smoke.rs; libFuzzer
@@ -18,15 +19,16 @@ DECPO_FUZZ_CORPUS="$PWD/fuzz/corpus" DECPO_FUZZ_SECONDS=0 \
 mkdir -p fuzz/logs
 status=0
 for t in "${targets[@]}"; do
-    echo "== $t: ${secs} s"
+    echo "== $t: 10^6 executions or ${secs} s"
     # The fuzz crate builds in its own target folder (nightly, sanitizers).
     if ! (cd fuzz && env -u CARGO_TARGET_DIR cargo +nightly fuzz run "$t" "corpus/$t" -- \
-            -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
+            -runs=1000000 -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
             -print_final_stats=1) >"fuzz/logs/$t.log" 2>&1; then
         echo "   FAILED: see fuzz/logs/$t.log and fuzz/artifacts/$t/"
         status=1
     fi
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/logs/$t.log" | grep -o '[0-9]*$' || echo "?")
-    echo "   executions: $runs"
+    secs_run=$(grep -o 'Done [0-9]* runs in [0-9]* second' "fuzz/logs/$t.log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' || echo "?")
+    echo "   executions: $runs in ${secs_run} s"
 done
 exit $status

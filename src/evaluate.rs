@@ -141,11 +141,13 @@ impl Evaluation {
             pairs.truncate(n);
         }
         if pairs.is_empty() {
-            bail!(
-                "no pairs to evaluate (all pairs: {}, --n {:?})",
-                self.all_pairs,
-                self.n
-            );
+            bail!(match (self.n, self.all_pairs) {
+                (Some(0), _) => "no pairs to evaluate: --n is 0".to_string(),
+                (_, true) => "no pairs to evaluate (see the data summary above)".to_string(),
+                (_, false) => "no held-out pairs to evaluate (see the data summary above): \
+                               a larger data.eval_fraction, or --pairs all"
+                    .to_string(),
+            });
         }
         Ok(pairs)
     }

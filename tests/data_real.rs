@@ -12,8 +12,8 @@ use decpo_datasets::{
     BatchIds, LengthStats, PreferenceBatch, SplitRule, Task, Template, TokenizeConfig,
     TokenizedPair, Turns, load_pairs, split, tokenize_pairs,
 };
-use decpo_model::LlamaTokenizer;
 use decpo_model::weights::gguf::GgufFile;
+use decpo_model::{ChatMessage, LlamaTokenizer};
 use serde_json::Value;
 
 fn shared_data() -> PathBuf {
@@ -305,4 +305,33 @@ fn the_by_prompt_split_holds_out_whole_situations() {
     assert!(eval.len() >= pairs.len() / 10, "{} held out", eval.len());
     assert_eq!(train.len() + eval.len(), pairs.len());
     assert_eq!(shared((train, eval)), 0);
+}
+
+/// A chat template is code from a user's file: one that loops without end or writes without end
+/// stops with an error naming the tokenizer, and a long real conversation still renders.
+#[test]
+fn a_chat_template_that_runs_or_writes_without_end_is_an_error() {
+    let real = tokenizer();
+    let long: Vec<ChatMessage> = (0..2000)
+        .map(|i| ChatMessage::new(["user", "assistant"][i % 2], &format!("turn {i}")))
+        .collect();
+    let text = real.apply_chat_template(&long, true).unwrap();
+    assert!(text.ends_with("turn 1999<|im_end|>\n<|im_start|>assistant\n"));
+
+    let with = |template: &str| {
+        let mut tok = real.clone();
+        tok.chat_template = Some(template.into());
+        tok.apply_chat_template(&[ChatMessage::new("user", "Hi")], true)
+            .unwrap_err()
+            .to_string()
+    };
+    let endless =
+        with("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
+    assert!(
+        endless.contains("did not finish within 1100000 steps"),
+        "{endless}"
+    );
+    assert!(endless.contains(".gguf"), "{endless}");
+    let huge = with("{% for i in range(100) %}{{ 'x' * 100000000 }}{% endfor %}");
+    assert!(huge.contains("wrote more than 67108864 bytes"), "{huge}");
 }

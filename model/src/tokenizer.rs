@@ -48,6 +48,37 @@ pub struct LlamaTokenizer {
     origin: String,
 }
 
+/// Bounds on one rendering of a chat template, so that a template which loops for ever or writes
+/// without end (a user's own, or a corrupt file's) stops with an error instead of hanging or
+/// filling memory. Minijinja counts one unit of fuel per instruction; SmolLM2's template spends
+/// 15 plus 23 per message (2 315 for 100 messages), so real templates keep thousands of times the
+/// room they use.
+const TEMPLATE_FUEL_BASE: u64 = 1_000_000;
+const TEMPLATE_FUEL_PER_MESSAGE: u64 = 100_000;
+const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
+/// A template's output, refusing to grow past `TEMPLATE_MAX_OUTPUT`.
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Llama 3's pre-tokenizer pattern (llama.cpp `llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -238,15 +269,38 @@ impl LlamaTokenizer {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        let render = || -> std::result::Result<String, minijinja::Error> {
-            env.template_from_str(template)?.render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token.clone().unwrap_or_default(),
-                eos_token => self.eos_token.clone().unwrap_or_default(),
-            })
+        let fuel = TEMPLATE_FUEL_BASE + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64;
+        env.set_fuel(Some(fuel));
+        let mut out = CappedOutput::default();
+        let rendered = env.template_from_str(template).and_then(|t| {
+            t.render_captured_to(
+                context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => self.bos_token.clone().unwrap_or_default(),
+                    eos_token => self.eos_token.clone().unwrap_or_default(),
+                },
+                &mut out,
+            )
+            .map(|_| ())
+        });
+        let message = match rendered {
+            Ok(()) => match String::from_utf8(out.bytes) {
+                Ok(text) => return Ok(text),
+                Err(e) => format!("the chat template wrote invalid UTF-8: {e}"),
+            },
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => format!(
+                "the chat template did not finish within {fuel} steps for {} messages \
+                 (a loop without end?)",
+                messages.len()
+            ),
+            Err(_) if out.overflowed => format!(
+                "the chat template wrote more than {TEMPLATE_MAX_OUTPUT} bytes for {} messages",
+                messages.len()
+            ),
+            Err(e) => format!("{e:#}"),
         };
-        render().map_err(|e| ModelError::Template(format!("{}: {e:#}", self.origin)))
+        Err(ModelError::Template(format!("{}: {message}", self.origin)))
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.

@@ -183,7 +183,9 @@ pub fn analyze_loaded<B: Backend>(
     let n_rows = z.first().map_or(0, |z| z.dims()[0]);
     if n_rows < 2 {
         bail!(
-            "{name}: FD needs at least 2 rows, got {n_rows} from {count} {} at site {}",
+            "{name}: FD needs at least 2 rows, got {n_rows} from {count} {} at site {} \
+             (FD compares rows with each other: more distinct held-out prompts are needed, \
+             from more data or a larger data.eval_fraction)",
             if site == Site::PromptLast {
                 "prompts"
             } else {
