@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::gguf::tiny_as_gguf;
 use common::*;
 use decpo::fuzzing::{FILE_SEPARATOR, TARGETS};
+use decpo_datasets::read::panic_message;
 use decpo_model::LlamaConfig;
 
 fn shared(path: &str) -> Vec<u8> {
@@ -195,15 +196,11 @@ fn every_fuzz_target_survives_its_seeds_and_their_mutations() {
                 let _ = std::panic::take_hook();
                 let saved = failures.join(format!("{name}-crash"));
                 std::fs::write(&saved, &input).unwrap();
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
                 panic!(
-                    "fuzz target {name} panicked on input {} ({} bytes) after {runs} runs: {why}",
+                    "fuzz target {name} panicked on input {} ({} bytes) after {runs} runs: {}",
                     saved.display(),
-                    input.len()
+                    input.len(),
+                    panic_message(panic.as_ref())
                 );
             }
             runs += 1;

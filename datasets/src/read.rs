@@ -141,16 +141,23 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
 /// panic becomes an error naming the file.
 fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
     std::panic::catch_unwind(|| read_parquet_rows(path)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
         Err(DataError::File {
             path: path.into(),
-            message: format!("corrupt Parquet file: the reader failed ({why})"),
+            message: format!(
+                "corrupt Parquet file: the reader failed ({})",
+                panic_message(panic.as_ref())
+            ),
         })
     })
+}
+
+/// The message a caught panic carries (`panic!`'s text), or "no message".
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
 }
 
 fn read_parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
