@@ -6,6 +6,7 @@ mod common;
 
 use common::gguf::*;
 use common::*;
+use decpo_model::weights::gguf::GgufFile;
 use decpo_model::weights::safetensors::HfDirSource;
 use decpo_model::{LlamaConfig, load_pretrained};
 
@@ -54,6 +55,31 @@ fn unknown_quantisation_type_names_the_tensor() {
     assert!(
         err.contains("q5k.gguf")
             && err.contains("`blk.2.ffn_down.weight` has unsupported type Q5_K"),
+        "{err}"
+    );
+}
+
+/// A tensor whose dimensions multiply past 2^64 (found by cargo-fuzz: the element count
+/// overflowed when the tensor was read) is refused when the file is opened.
+#[test]
+fn a_tensor_shape_whose_element_count_overflows_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.gguf");
+    let tensors = [(
+        "token_embd.weight".to_string(),
+        vec![1 << 33, 1 << 33],
+        0,
+        vec![0u8; 32],
+    )];
+    std::fs::write(&path, write_gguf(&[], &tensors)).unwrap();
+    let err = match GgufFile::open(&path) {
+        Ok(_) => panic!("opened a tensor of 2^66 elements"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("huge.gguf")
+            && err
+                .contains("`token_embd.weight` has shape [8589934592, 8589934592]: more elements"),
         "{err}"
     );
 }

@@ -211,10 +211,11 @@ impl GgufFile {
         let data_start = r.pos.div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, shape, type_code, offset) in raw {
-            let n: usize = shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .unwrap_or(usize::MAX);
+            let Some(n) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+                return Err(r.corrupt(format!(
+                    "tensor `{name}` has shape {shape:?}: more elements than a machine can address"
+                )));
+            };
             let size = GgmlType::from_code(type_code).and_then(|t| t.bytes_for(n));
             let offset = data_start.saturating_add(offset as usize);
             if let Some(size) = size
@@ -372,7 +373,8 @@ impl GgufFile {
                     type_name(info.type_code)
                 ),
             })?;
-        let n: usize = info.shape.iter().product();
+        // Opening checked that the element count fits.
+        let n = info.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
         let size = ty.bytes_for(n).ok_or_else(|| ModelError::Corrupt {
             path: self.path.clone(),
             message: format!(
