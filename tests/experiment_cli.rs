@@ -255,16 +255,16 @@ fn a_sweep_runs_decpo_per_gradient_ratio_and_reports_the_dose_response() {
         report.contains("Positive control, layer 1: one seed only, so no error bar"),
         "{report}"
     );
-    // Each ratio is compared with DPO on every metric, FD at its own site among them.
-    for variant in ["DecPO l1 r0.5", "DecPO l1 r2"] {
+    // Each variant is compared with DPO on every metric, FD at its own site and layer among them.
+    for (variant, layer) in [("DecPO l1 r0.5", 1), ("DecPO l1 r2", 1), ("DecPO l2 r2", 2)] {
         let claim = report
             .lines()
             .find(|l| l.contains(&format!("Here, {variant} − DPO paired by seed")))
             .unwrap_or_else(|| panic!("no claim for {variant}: {report}"));
-        assert!(
-            claim.contains("FD at the regularizer's site (completion-mean) at layer 1"),
-            "{claim}"
-        );
+        let site = format!("FD at the regularizer's site (completion-mean) at layer {layer} ");
+        let prompt_last = format!("FD at the last prompt token at layer {layer} ");
+        assert!(claim.contains(&site), "{claim}");
+        assert!(claim.contains(&prompt_last), "{claim}");
         assert!(claim.contains("(one seed: no error bar)"), "{claim}");
     }
     assert!(

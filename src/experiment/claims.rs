@@ -30,7 +30,9 @@ pub(super) fn claims(s: &Settings, groups: &[(&str, Vec<&MethodResult>)]) -> Vec
         .filter(|(m, _)| *m == "decpo" || parse_variant(m).is_some());
     for (method, dec) in decpos {
         if let Some(dpo) = get("dpo") {
-            out.push(decpo_beats_dpo_claim(s, &label(method), dpo, dec));
+            // A sweep's variant is measured at the layer it regularized.
+            let layer = parse_variant(method).map_or(s.layer, |(layer, _)| layer);
+            out.push(decpo_beats_dpo_claim(s, layer, &label(method), dpo, dec));
         }
         out.push(term_size(s, &label(method), dec));
     }
@@ -94,6 +96,7 @@ fn fd_rises_claim(s: &Settings, dpo: &[&MethodResult]) -> String {
 
 fn decpo_beats_dpo_claim(
     s: &Settings,
+    layer: usize,
     name: &str,
     dpo: &[&MethodResult],
     dec: &[&MethodResult],
@@ -134,17 +137,16 @@ fn decpo_beats_dpo_claim(
     if dpo.iter().chain(dec).all(|r| !r.site_layers.is_empty()) {
         parts.push(cmp(
             &format!(
-                "FD at the regularizer's site ({}) at layer {}",
+                "FD at the regularizer's site ({}) at layer {layer}",
                 setting_name(&s.site),
-                s.layer
             ),
-            &|r| fd_at_site(r, s.layer),
+            &|r| fd_at_site(r, layer),
             4,
         ));
     }
     parts.push(cmp(
-        &format!("FD at the last prompt token at layer {}", s.layer),
-        &|r| fd_at(&r.analysis, s.layer),
+        &format!("FD at the last prompt token at layer {layer}"),
+        &|r| fd_at(&r.analysis, layer),
         4,
     ));
     parts.push(cmp(
