@@ -184,17 +184,35 @@ fn toxicity_pairs_and_gzip_by_magic_bytes() {
     );
 }
 
-/// A Parquet file whose dictionary index points past its dictionary (found by the fuzz target
-/// `rows_parquet`, a mutation of `fixtures/data/conversational.parquet`): the `parquet` crate
-/// panics on it; reading it is an error naming the file.
+/// Parquet files the `parquet` crate panics on (found by the fuzz target `rows_parquet`, mutations
+/// of `fixtures/data/conversational.parquet`): a dictionary index past its dictionary, and column
+/// metadata missing a required field. Reading one is an error naming the file, and `train` says
+/// only that: no panic report from the hook on stderr.
 #[test]
 fn a_parquet_file_that_panics_its_reader_is_an_error_naming_the_file() {
-    let path = common::fixture("data/corrupt-dictionary-index.parquet");
     let trl = Task::from_name("trl").unwrap();
-    let said = err(&path, &trl);
-    assert!(
-        said.contains("corrupt-dictionary-index.parquet")
-            && said.contains("corrupt Parquet file: the reader failed (index out of bounds"),
-        "{said}"
-    );
+    let cases = [
+        ("corrupt-dictionary-index.parquet", "index out of bounds"),
+        (
+            "corrupt-column-metadata.parquet",
+            "called `Option::unwrap()` on a `None` value",
+        ),
+    ];
+    for (name, why) in cases {
+        let path = common::fixture(&format!("data/{name}"));
+        let said = err(&path, &trl);
+        let expected = format!("corrupt Parquet file: the reader failed ({why}");
+        assert!(said.contains(name) && said.contains(&expected), "{said}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(["--task", "trl", "--sft-steps", "0", "--data"])
+            .arg(&path)
+            .env_remove("RUST_BACKTRACE")
+            .current_dir(tempfile::tempdir().unwrap().path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

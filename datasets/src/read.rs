@@ -137,18 +137,40 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Vec<RawRow>> {
 }
 
 /// The `parquet` crate (57) panics on some corrupt files instead of returning an error (a
-/// dictionary index out of bounds: apache/arrow-rs#9434, found here by `fuzzing::rows`); such a
-/// panic becomes an error naming the file.
+/// dictionary index out of bounds, apache/arrow-rs#9434, and an unwrap in the footer's column
+/// metadata, both found here by fuzzing); such a panic becomes an error naming the file.
 fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
-    std::panic::catch_unwind(|| read_parquet_rows(path)).unwrap_or_else(|panic| {
+    catch_quietly(|| read_parquet_rows(path)).unwrap_or_else(|why| {
         Err(DataError::File {
             path: path.into(),
-            message: format!(
-                "corrupt Parquet file: the reader failed ({})",
-                panic_message(panic.as_ref())
-            ),
+            message: format!("corrupt Parquet file: the reader failed ({why})"),
         })
     })
+}
+
+thread_local! {
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(its message)` without the panic hook's report on stderr
+/// (the message goes into the error instead); a panic on another thread is reported as before.
+/// Under cargo-fuzz the hook is libFuzzer's, which would count the caught panic as a crash.
+pub fn catch_quietly<T>(
+    f: impl FnOnce() -> T + std::panic::UnwindSafe,
+) -> std::result::Result<T, String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = CATCHING.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(f);
+    CATCHING.with(|c| c.set(was));
+    out.map_err(|panic| panic_message(panic.as_ref()).to_string())
 }
 
 /// The message a caught panic carries (`panic!`'s text), or "no message".
