@@ -4,6 +4,7 @@
 mod common;
 
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use common::*;
 use decpo_model::{completion_logps, load_pretrained, prefill};
 
@@ -146,8 +147,16 @@ fn cached_generation_path_matches_the_training_forward() {
 /// Between the steps the batch drops and reorders rows. Once with prompts that differ from the
 /// first token (left padding only), once with prefixes of one row (their first 4 tokens computed
 /// once and shared, the rest padded after them).
+///
+/// On the test backend (the cache written in place) and on burn-flex, the binaries' CPU backend,
+/// whose cache concatenates instead (see `model/src/cache.rs`).
 #[test]
 fn a_padded_cached_batch_gives_every_row_transformers_logits() {
+    padded_cached_batch::<B>();
+    padded_cached_batch::<burn::backend::Flex>();
+}
+
+fn padded_cached_batch<B: Backend>() {
     let golden = read_json("tiny-llama-golden.json");
     let model = load_pretrained::<B>(&fixture("tiny-llama"), &Default::default())
         .unwrap()
@@ -198,8 +207,14 @@ fn a_padded_cached_batch_gives_every_row_transformers_logits() {
 
 /// Batched generation gives every prompt the tokens it gets alone, greedy and sampled, with rows
 /// that stop early (at a stop token taken from one prompt's own continuation) and rows that don't.
+/// On the test backend and on burn-flex (see above).
 #[test]
 fn batched_generation_equals_one_prompt_at_a_time() {
+    batched_generation::<B>();
+    batched_generation::<burn::backend::Flex>();
+}
+
+fn batched_generation<B: Backend>() {
     let golden = read_json("tiny-llama-golden.json");
     let model = load_pretrained::<B>(&fixture("tiny-llama"), &Default::default())
         .unwrap()

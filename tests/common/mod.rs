@@ -111,7 +111,7 @@ pub fn assert_close_each(got: &[f32], want: &[f32], rel: f32, what: &str) {
     }
 }
 
-pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn to_vec<Bk: burn::tensor::backend::Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().expect("f32")
 }
 
