@@ -61,6 +61,18 @@ pub fn objective<B: Backend>(
     config: &ObjectiveConfig,
     logits_chunk: usize,
 ) -> StepOutput<B> {
+    objective_with(policy, batch, || reference.clone(), config, logits_chunk)
+}
+
+/// [`objective`], with the reference log-probs asked for only once the policy's are computed (so
+/// that they can be computed meanwhile, on another thread).
+pub fn objective_with<B: Backend>(
+    policy: &Llama<B>,
+    batch: &CompletionBatch<B>,
+    reference: impl FnOnce() -> PairLogps<B>,
+    config: &ObjectiveConfig,
+    logits_chunk: usize,
+) -> StepOutput<B> {
     let capture: Vec<usize> = config.regularizer.iter().map(|r| r.layer).collect();
     let out = policy.forward(
         batch.input_ids.clone(),
@@ -75,7 +87,7 @@ pub fn objective<B: Backend>(
         logits_chunk,
     );
     let policy_logps = PairLogps::from_rows(logps.sum, logps.mean);
-    let pref = preference_loss(&policy_logps, reference, config);
+    let pref = preference_loss(&policy_logps, &reference(), config);
     let loss_pref = pref.losses.mean();
     let device = loss_pref.device();
     let (loss, loss_reg, fd) = match (&config.regularizer, out.up_proj.into_iter().next()) {

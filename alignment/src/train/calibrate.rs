@@ -49,8 +49,7 @@ pub fn calibrate<B: AutodiffBackend>(
     let mut pref = GradientsAccumulator::<DecpoModel<B>>::new();
     let mut dec = GradientsAccumulator::<DecpoModel<B>>::new();
     for m in item.micro {
-        let reference = model.train_reference(&m, &mut inner);
-        let (_, p, d) = model.micro_grads(&m, &reference, n, Loss::Preference, Some(&reg));
+        let (_, p, d) = model.micro_grads(&m, &mut inner, n, Loss::Preference, Some(&reg));
         pref.accumulate(model, p);
         if let Some(d) = d {
             dec.accumulate(model, d);

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::{LossType, ObjectiveConfig, Regularizer};
 use crate::loss::preference::{PairLogps, SideLogps};
-use crate::objective::{StepOutput, objective, regularizer_term};
+use crate::objective::{StepOutput, objective_with, regularizer_term};
 use crate::train::clip::{clip_global_norm, split_norms};
 
 /// What a step needs besides the weights.
@@ -235,9 +235,14 @@ impl<B: Backend> DecpoModel<B> {
         }
     }
 
-    /// The objective of the policy on one micro-batch, given its reference log-probs.
-    fn micro_objective(&self, m: &MicroBatch<B>, reference: &PairLogps<B>) -> StepOutput<B> {
-        objective(
+    /// The objective of the policy on one micro-batch, given its reference log-probs (asked for
+    /// after the policy's forward).
+    fn micro_objective(
+        &self,
+        m: &MicroBatch<B>,
+        reference: impl FnOnce() -> PairLogps<B>,
+    ) -> StepOutput<B> {
+        objective_with(
             &self.policy,
             &m.batch,
             reference,
@@ -286,36 +291,40 @@ pub(crate) enum Loss {
 }
 
 impl<B: AutodiffBackend> DecpoModel<B> {
-    /// The reference log-probs of a training micro-batch: precomputed, or computed on the inner
-    /// backend (`inner`, made once per step: no autodiff graph, no second copy of the weights).
-    pub(crate) fn train_reference(
-        &self,
-        m: &MicroBatch<B>,
-        inner: &mut Option<DecpoModel<B::InnerBackend>>,
-    ) -> PairLogps<B> {
-        match &m.reference {
-            Some(r) => r.clone(),
-            None => {
-                let inner = inner.get_or_insert_with(|| self.valid());
-                logps_from_inner::<B>(inner.reference_logps(&batch_inner(&m.batch), m.pairs))
-            }
-        }
-    }
-
     /// One micro-batch's objective and the gradients of `loss` / `n` and, when `split` is given,
     /// of that regularizer's L_reg / `n` alone (a second forward, stopped at its layer, with the
     /// same dropout masks).
+    ///
+    /// The reference log-probs are precomputed, or computed on the inner backend (`inner`, made
+    /// once per step: no autodiff graph, no second copy of the weights) on a thread of their own
+    /// while the policy's forward runs: the two forwards' element-wise work (one thread each)
+    /// overlaps, and the numbers are those of one after the other.
     pub(crate) fn micro_grads(
         &self,
         m: &MicroBatch<B>,
-        reference: &PairLogps<B>,
+        inner: &mut Option<DecpoModel<B::InnerBackend>>,
         n: usize,
         loss: Loss,
         split: Option<&Regularizer>,
     ) -> (StepOutput<B>, GradientsParams, Option<GradientsParams>) {
         let device = m.batch.input_ids.device();
         let seed = split.map(|_| replay_seed::<B>(&device));
-        let out = self.micro_objective(m, reference);
+        let out = match &m.reference {
+            Some(r) => self.micro_objective(m, || r.clone()),
+            None => {
+                let inner = &*inner.get_or_insert_with(|| self.valid());
+                let batch = batch_inner(&m.batch);
+                std::thread::scope(|s| {
+                    let reference = s.spawn(|| inner.reference_logps(&batch, m.pairs));
+                    self.micro_objective(m, || {
+                        let r = reference
+                            .join()
+                            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+                        logps_from_inner::<B>(r)
+                    })
+                })
+            }
+        };
         let differentiated = match loss {
             Loss::Total => out.loss.clone(),
             Loss::Preference => out.loss_pref.clone(),
@@ -345,8 +354,7 @@ impl<B: AutodiffBackend> TrainStep for DecpoModel<B> {
         let mut dec = GradientsAccumulator::<Self>::new();
         let mut values = StepValues::default();
         for m in item.micro {
-            let reference = self.train_reference(&m, &mut inner);
-            let (out, grads, d) = self.micro_grads(&m, &reference, n, Loss::Total, split.as_ref());
+            let (out, grads, d) = self.micro_grads(&m, &mut inner, n, Loss::Total, split.as_ref());
             values.add(&out, m.pairs, m.tokens);
             accumulator.accumulate(self, grads);
             if let Some(d) = d {
@@ -384,7 +392,7 @@ impl<B: Backend> InferenceStep for DecpoModel<B> {
                 Some(r) => r.clone(),
                 None => self.reference_logps(&m.batch, m.pairs),
             };
-            let out = self.micro_objective(&m, &reference);
+            let out = self.micro_objective(&m, || reference);
             values.add(&out, m.pairs, m.tokens);
         }
         values.finish()
