@@ -44,6 +44,10 @@ struct Args {
     /// What the model computes in: f32, or bf16 (cuda, wgpu and flex builds).
     #[arg(long, default_value = "f32")]
     dtype: Precision,
+    /// decpo_step: the prompt tokens at the start of each row, shared by a pair's two rows (the
+    /// rest is the completion); default seq / 2.
+    #[arg(long)]
+    prompt: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,10 @@ fn main() -> anyhow::Result<()> {
     if args.batch == 0 || args.seq < 2 || args.iters == 0 {
         bail!("--batch must be >= 1, --seq >= 2 and --iters >= 1");
     }
+    let prompt = args.prompt.unwrap_or(args.seq / 2);
+    if prompt == 0 || prompt >= args.seq {
+        bail!("--prompt must be between 1 and --seq - 1, got {prompt}");
+    }
     let modes: Vec<&str> = match args.mode.as_deref() {
         None => vec!["forward", "forward_backward"],
         Some("all") => vec!["forward", "forward_backward", "decpo_step"],
@@ -78,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         warmup: args.warmup,
         logits_chunk: args.logits_chunk,
         lora: args.lora,
+        prompt,
         dtype: args.dtype,
     };
     for name in names {

@@ -5,7 +5,7 @@ Makes: nothing on disk; prints ONE JSON line per case to stdout:
   {"impl":"pytorch","preset":"tiny"|"smollm2-135m","batch":B,"seq":T,
    "mode":"forward"|"forward_backward","tokens_per_s":x,"ms_per_iter":y,"threads":n}
 and for --mode decpo_step two more fields:
-  {..., "mode":"decpo_step","lora":true|false, ..., "peak_rss_mib":m}
+  {..., "mode":"decpo_step","lora":true|false,"prompt":P, ..., "peak_rss_mib":m}
 
 Work per iteration (matches the Rust side: logits + completion log-prob):
   forward:          under torch.no_grad(): logits = model(ids, attention_mask).logits, then
@@ -14,9 +14,9 @@ Work per iteration (matches the Rust side: logits + completion log-prob):
                     loss.backward(), then model.zero_grad(set_to_none=True).
   decpo_step:       one full DecPO training step (SPEC.md sections 2, 3, 5), --batch B = PAIRS:
     inputs      2B rows of T random token ids (seed 0): rows 0..B-1 chosen, B..2B-1 rejected;
-                the prompt is the first T/2 tokens and is shared within a pair (the prompt
-                tokens of chosen row i are copied into rejected row B+i); full attention mask
-                (no padding). Completion mask: positions T/2..T-1, i.e. the log-probs of the
+                the prompt is the first P tokens (--prompt, default T/2) and is shared within a
+                pair (the prompt tokens of chosen row i are copied into rejected row B+i); full
+                attention mask (no padding). Completion mask: positions P..T-1, i.e. the log-probs of the
                 tokens at those positions, predicted from the previous position.
     policy      the model, with grad, in train mode (LoRA dropout active).
     reference   without --lora: a frozen deep copy of the initial model (eval mode), run under
@@ -251,14 +251,14 @@ def decorrelation_loss(z, mask):
     return ((gram - eye) ** 2).sum()
 
 
-def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, threads):
+def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, threads, prompt=None):
     """Time one DecPO training step (see the module docstring). Modifies `model`: trains it and,
     with `lora`, wraps its projections with LoRA adapters."""
     rows = 2 * pairs
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=g).to(device)
-    prompt_len = seq // 2
+    prompt_len = seq // 2 if prompt is None else prompt
     ids[pairs:, :prompt_len] = ids[:pairs, :prompt_len]    # shared prompt within a pair
     mask = torch.ones_like(ids)
     comp_mask = torch.zeros_like(ids)
@@ -334,7 +334,7 @@ def bench_decpo_step(model, cfg, cfg_name, pairs, seq, lora, iters, warmup, thre
     del ref_model, opt
     return {
         "impl": "pytorch", "preset": cfg_name, "batch": pairs, "seq": seq, "mode": "decpo_step",
-        "lora": lora, "tokens_per_s": round(rows * seq / sec, 3),
+        "lora": lora, "prompt": prompt_len, "tokens_per_s": round(rows * seq / sec, 3),
         "ms_per_iter": round(sec * 1e3, 3), "threads": threads,
         "peak_rss_mib": round(peak_rss_mib, 1), **memory_fields(device),
     }
@@ -367,6 +367,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=None,
+                    help="decpo_step: prompt tokens shared within a pair (default seq // 2)")
     sel = ap.add_mutually_exclusive_group()
     sel.add_argument("--mode", choices=list(ALL_MODES) + ["all"],
                      help="one mode or all three (default: forward and forward_backward)")
@@ -395,6 +397,8 @@ def main() -> None:
     modes.sort(key=lambda m: m == "decpo_step")
     if "decpo_step" in modes and a.seq < 2:
         ap.error("decpo_step needs --seq >= 2")
+    if a.prompt is not None and not 0 < a.prompt < a.seq:
+        ap.error("--prompt must be between 1 and --seq - 1")
     for name in names:
         cfg = make_config(name)
         cfg._attn_implementation = "sdpa" if device.type == "cuda" else "eager"
@@ -411,7 +415,7 @@ def main() -> None:
             if mode == "decpo_step":
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     r = bench_decpo_step(model, cfg, name, a.batch, a.seq, a.lora, a.iters,
-                                         a.warmup, a.threads)
+                                         a.warmup, a.threads, a.prompt)
             else:
                 r = bench_case(model, name, cfg.vocab_size, a.batch, a.seq, mode, a.iters,
                                a.warmup, a.threads)

@@ -32,6 +32,8 @@ pub struct BenchCase {
     /// decpo_step with LoRA (the authors' adapters); else full fine-tuning and a frozen copy.
     pub lora: bool,
     pub dtype: Precision,
+    /// decpo_step: the prompt tokens at the start of each row, shared within a pair.
+    pub prompt: usize,
 }
 
 /// Seconds per iteration of `step`, after `warmup` untimed ones; the device is synchronised
@@ -102,6 +104,7 @@ fn report(config: &str, case: &BenchCase, mode: &str, secs: f64) {
     });
     if mode == "decpo_step" {
         line["lora"] = case.lora.into();
+        line["prompt"] = case.prompt.into();
         line["peak_rss_mib"] = peak_rss_mib().into();
     }
     println!("{line}");
@@ -140,23 +143,23 @@ fn decpo_model(config: &LlamaConfig, case: &BenchCase) -> DecpoModel<Autodiff> {
     }
 }
 
-/// B pairs as 2B rows of T random tokens, the first T/2 (the prompt) shared within a pair,
-/// completion mask on the rest.
+/// B pairs as 2B rows of T random tokens, the first `prompt` shared within a pair, completion
+/// mask on the rest.
 fn decpo_input(config: &LlamaConfig, case: &BenchCase) -> StepInput<Autodiff> {
     let device = backend::device();
-    let (b, t) = (case.batch, case.seq);
+    let (b, t, p) = (case.batch, case.seq, case.prompt);
     let rows = BenchCase {
         batch: 2 * b,
         ..case.clone()
     };
     let (ids, _) = inputs::<Autodiff>(config, &rows, &device);
     // Rejected rows share their pair's prompt.
-    let prompt = ids.clone().slice([0..b, 0..t / 2]);
-    let ids = ids.slice_assign([b..2 * b, 0..t / 2], prompt);
+    let prompt = ids.clone().slice([0..b, 0..p]);
+    let ids = ids.slice_assign([b..2 * b, 0..p], prompt);
     let positions = Tensor::<Autodiff, 1, Int>::arange(0..t as i64, &device)
         .unsqueeze::<2>()
         .repeat_dim(0, 2 * b);
-    let completion_mask = positions.greater_equal_elem((t / 2) as i64).int();
+    let completion_mask = positions.greater_equal_elem(p as i64).int();
     StepInput::whole(vec![MicroBatch {
         batch: CompletionBatch {
             attention_mask: ids.ones_like(),

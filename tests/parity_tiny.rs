@@ -6,7 +6,7 @@ mod common;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use common::*;
-use decpo_model::{completion_logps, load_pretrained, prefill};
+use decpo_model::{CompletionBatch, SharedPrompts, completion_logps, load_pretrained, prefill};
 
 const TOL: f32 = 1e-4;
 
@@ -287,4 +287,62 @@ fn batched_generation<B: Backend>() {
             config.temperature
         );
     }
+}
+
+/// A preference batch with each pair's prompt run once (`forward_pairs`) gives the padded
+/// forward's final hidden states and captured activations at every real token, on a batch whose
+/// pairs share prompts of different lengths and whose rows are padded differently (the batch of
+/// scripts/make_loss_fixture.py). On the test backend and on burn-flex.
+#[test]
+fn shared_prompts_give_the_padded_forward_at_every_real_token() {
+    shared_prompts::<B>();
+    shared_prompts::<burn::backend::Flex>();
+}
+
+fn shared_prompts<B: Backend>() {
+    let golden = read_json("decpo-loss-golden.json");
+    let model = load_pretrained::<B>(&fixture("tiny-llama"), &Default::default())
+        .unwrap()
+        .model;
+    let batch = CompletionBatch {
+        input_ids: int_matrix::<B>(&golden["batch"]["input_ids"]),
+        attention_mask: int_matrix::<B>(&golden["batch"]["attention_mask"]),
+        completion_mask: int_matrix::<B>(&golden["batch"]["completion_mask"]),
+        eos_mask: eos_mask::<B>(&golden),
+    };
+    // 2 pairs of 13 columns; prompts of 4 and 3 tokens: packed rows of 13 + 13 - 4 columns.
+    let plan = SharedPrompts::plan(&batch).expect("the pairs share prompts");
+    assert_eq!(plan.columns(), (2 * 22, 4 * 13));
+
+    let capture = [0, 2];
+    let padded = model.forward(
+        batch.input_ids.clone(),
+        batch.attention_mask.clone(),
+        &capture,
+    );
+    let shared = model.forward_pairs(&batch, &capture);
+    let real = to_vec(batch.attention_mask.clone().float());
+    let at_real = |t: Tensor<B, 3>| -> Vec<f32> {
+        let width = t.dims()[2];
+        to_vec(t)
+            .chunks(width)
+            .zip(&real)
+            .filter(|(_, m)| **m > 0.0)
+            .flat_map(|(row, _)| row.to_vec())
+            .collect()
+    };
+    let e = rel_err(&at_real(shared.hidden), &at_real(padded.hidden));
+    assert!(e < 1e-5, "final hidden states: relative error {e}");
+    for (i, (s, p)) in shared.up_proj.into_iter().zip(padded.up_proj).enumerate() {
+        let e = rel_err(&at_real(s), &at_real(p));
+        assert!(
+            e < 1e-5,
+            "up_proj of layer {}: relative error {e}",
+            capture[i]
+        );
+    }
+    let up = model.up_proj_of_pairs(&batch, 2);
+    let want = model.up_proj_of(batch.input_ids.clone(), batch.attention_mask.clone(), 2);
+    let e = rel_err(&at_real(up), &at_real(want));
+    assert!(e < 1e-5, "up_proj_of_pairs: relative error {e}");
 }

@@ -4,7 +4,7 @@
 use burn::tensor::{DType, Tensor, backend::Backend};
 use decpo_model::{CompletionBatch, Llama, completion_logps};
 
-use crate::config::{ObjectiveConfig, Regularizer};
+use crate::config::{ObjectiveConfig, RegMode, Regularizer};
 use crate::loss::decorrelation::{
     Activations, feature_decorrelation, regularizer_value, site_rows,
 };
@@ -36,12 +36,23 @@ pub fn regularizer_term<B: Backend>(
     batch: &CompletionBatch<B>,
     reg: &Regularizer,
 ) -> Tensor<B, 1> {
-    let up_proj = policy.up_proj_of(
-        batch.input_ids.clone(),
-        batch.attention_mask.clone(),
-        reg.layer,
-    );
+    let up_proj = if shares_prompts(Some(reg)) {
+        policy.up_proj_of_pairs(batch, reg.layer)
+    } else {
+        policy.up_proj_of(
+            batch.input_ids.clone(),
+            batch.attention_mask.clone(),
+            reg.layer,
+        )
+    };
     regularizer_value(reg, &activations(batch, up_proj))
+}
+
+/// Whether the step runs each pair's prompt once ([`Llama::forward_pairs`]): always, except
+/// under the released regularizer, which reads the activations of padding positions (those the
+/// shared layout does not compute).
+pub fn shares_prompts(reg: Option<&Regularizer>) -> bool {
+    !matches!(reg, Some(r) if r.mode == RegMode::Released)
 }
 
 fn activations<B: Backend>(batch: &CompletionBatch<B>, up_proj: Tensor<B, 3>) -> Activations<B> {
@@ -74,11 +85,15 @@ pub fn objective_with<B: Backend>(
     logits_chunk: usize,
 ) -> StepOutput<B> {
     let capture: Vec<usize> = config.regularizer.iter().map(|r| r.layer).collect();
-    let out = policy.forward(
-        batch.input_ids.clone(),
-        batch.attention_mask.clone(),
-        &capture,
-    );
+    let out = if shares_prompts(config.regularizer.as_ref()) {
+        policy.forward_pairs(batch, &capture)
+    } else {
+        policy.forward(
+            batch.input_ids.clone(),
+            batch.attention_mask.clone(),
+            &capture,
+        )
+    };
     let logps = completion_logps(
         policy,
         out.hidden,

@@ -16,6 +16,7 @@ pub mod mlp;
 pub mod names;
 pub mod precision;
 pub mod rope;
+pub mod shared_prompt;
 pub mod tokenizer;
 pub mod weights;
 
@@ -27,6 +28,7 @@ pub use llama::{Llama, LlamaOutput};
 pub use logprobs::{CompletionBatch, SequenceLogps, completion_logps};
 pub use lora::LoraConfig;
 pub use precision::{Precision, set_compute_dtype};
+pub use shared_prompt::SharedPrompts;
 pub use tokenizer::{ChatMessage, LlamaTokenizer};
 pub use weights::save::{save_hf_dir, save_lora_adapters, write_dir_atomically};
 pub use weights::{Pretrained, load_pretrained, load_tokenizer};

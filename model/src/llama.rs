@@ -10,9 +10,11 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::decoder::LlamaDecoderLayer;
 use crate::linear::Projection;
+use crate::logprobs::CompletionBatch;
 use crate::lora::LoraConfig;
 use crate::precision::{ToF32, compute_dtype, rms_norm, weight_for};
 use crate::rope::{RopeTables, RotaryEmbedding};
+use crate::shared_prompt::SharedPrompts;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -127,6 +129,51 @@ impl<B: Backend> Llama<B> {
         up.remove(0)
     }
 
+    /// [`Llama::forward`] of a preference batch (rows `0..B` chosen, `B..2B` rejected), each
+    /// pair's shared prompt run once (see [`SharedPrompts`]): the same outputs at every real token
+    /// up to float rounding, fewer token columns. At padding positions the outputs copy the row's
+    /// last real token. Runs `forward` when sharing saves nothing.
+    pub fn forward_pairs(&self, batch: &CompletionBatch<B>, capture: &[usize]) -> LlamaOutput<B> {
+        let Some(shared) = SharedPrompts::plan(batch) else {
+            return self.forward(
+                batch.input_ids.clone(),
+                batch.attention_mask.clone(),
+                capture,
+            );
+        };
+        let device = batch.input_ids.device();
+        let (x, up_proj) = self.run_shared(&shared, &device, capture, self.layers.len());
+        LlamaOutput {
+            hidden: shared.unpack(rms_norm(&self.norm, x)),
+            up_proj: up_proj.into_iter().map(|u| shared.unpack(u)).collect(),
+        }
+    }
+
+    /// [`Llama::up_proj_of`] through [`Llama::forward_pairs`]'s layout.
+    pub fn up_proj_of_pairs(&self, batch: &CompletionBatch<B>, layer: usize) -> Tensor<B, 3> {
+        let Some(shared) = SharedPrompts::plan(batch) else {
+            return self.up_proj_of(batch.input_ids.clone(), batch.attention_mask.clone(), layer);
+        };
+        let device = batch.input_ids.device();
+        let (_, mut up) = self.run_shared(&shared, &device, &[layer], layer + 1);
+        shared.unpack(up.remove(0))
+    }
+
+    /// The first `n` layers over packed pairs.
+    fn run_shared(
+        &self,
+        shared: &SharedPrompts,
+        device: &B::Device,
+        capture: &[usize],
+        n: usize,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        let ids = shared.input_ids(device);
+        let rows = ids.dims()[0];
+        let rope = self.rope_tables(&shared.positions, rows, device);
+        let mask = self.stack_mask(shared.forbidden(device));
+        self.run_layers_with(ids, &rope, &mask, capture, n)
+    }
+
     /// The first `n` layers over a right-padded batch: their output and the captured `up_proj`s.
     fn run_layers(
         &self,
@@ -135,10 +182,6 @@ impl<B: Backend> Llama<B> {
         capture: &[usize],
         n: usize,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
-        let n_layers = self.layers.len();
-        if let Some(bad) = capture.iter().find(|&&l| l >= n.min(n_layers)) {
-            panic!("capture layer {bad} out of range: the model has {n_layers} layers");
-        }
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let positions: Vec<usize> = (0..seq).collect();
@@ -151,11 +194,26 @@ impl<B: Backend> Llama<B> {
             .reshape([batch, 1, 1, seq])
             .expand([batch, 1, seq, seq]);
         let mask = self.stack_mask(causal.bool_or(padding));
+        self.run_layers_with(input_ids, &rope, &mask, capture, n)
+    }
 
+    /// The first `n` layers with the given RoPE tables and stacked attention mask.
+    fn run_layers_with(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        rope: &RopeTables<B>,
+        mask: &Tensor<B, 4, Bool>,
+        capture: &[usize],
+        n: usize,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        let n_layers = self.layers.len();
+        if let Some(bad) = capture.iter().find(|&&l| l >= n.min(n_layers)) {
+            panic!("capture layer {bad} out of range: the model has {n_layers} layers");
+        }
         let mut x = self.embed(input_ids);
         let mut captured: Vec<Option<Tensor<B, 3>>> = vec![None; capture.len()];
         for (i, layer) in self.layers.iter().take(n).enumerate() {
-            let (out, up) = layer.forward(x, &rope, &mask, None);
+            let (out, up) = layer.forward(x, rope, mask, None);
             x = out;
             for (slot, _) in captured.iter_mut().zip(capture).filter(|(_, l)| **l == i) {
                 *slot = Some(up.clone());

@@ -193,13 +193,14 @@ impl StepValues {
     }
 }
 
-/// Summed and mean completion log-probs of `model` on `batch`, as pairs.
+/// Summed and mean completion log-probs of `model` on `batch`, as pairs (each pair's prompt run
+/// once: see [`Llama::forward_pairs`]).
 pub fn pair_logps<B: Backend>(
     model: &Llama<B>,
     batch: &CompletionBatch<B>,
     logits_chunk: usize,
 ) -> PairLogps<B> {
-    let out = model.forward(batch.input_ids.clone(), batch.attention_mask.clone(), &[]);
+    let out = model.forward_pairs(batch, &[]);
     let l = completion_logps(
         model,
         out.hidden,
