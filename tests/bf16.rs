@@ -13,9 +13,7 @@ use common::*;
 use decpo_alignment::loss::preference::PairLogps;
 use decpo_alignment::train::session::{RunSpec, train};
 use decpo_alignment::{ObjectiveConfig, RegMode, Regularizer, objective};
-use decpo_model::{
-    CompletionBatch, Llama, LoraConfig, Precision, load_pretrained, set_compute_dtype,
-};
+use decpo_model::{Llama, LoraConfig, Precision, load_pretrained, set_compute_dtype};
 use serde_json::Value;
 
 #[cfg(feature = "cuda")]
@@ -43,15 +41,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b))
 }
 
-fn batch(golden: &Value) -> CompletionBatch<FA> {
-    CompletionBatch {
-        input_ids: int_matrix::<FA>(&golden["batch"]["input_ids"]),
-        attention_mask: int_matrix::<FA>(&golden["batch"]["attention_mask"]),
-        completion_mask: int_matrix::<FA>(&golden["batch"]["completion_mask"]),
-        eos_mask: eos_mask::<FA>(golden),
-    }
-}
-
 fn reference(golden: &Value) -> PairLogps<FA> {
     let v = |x: &Value| {
         let d = floats(x);
@@ -76,7 +65,7 @@ fn the_bf16_step_matches_the_pytorch_f32_step_within_bf16_tolerance() {
         model.layers[0].mlp.up_proj.base.weight.val().dtype(),
         DType::BF16
     );
-    let (batch, reference) = (batch(&golden), reference(&golden));
+    let (batch, reference) = (fixture_batch::<FA>(&golden), reference(&golden));
     let mut worst = [0f32, 0.0, 0.0, 1.0];
     for case in golden["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -152,7 +141,13 @@ fn lora_adapters_train_in_f32_on_a_bf16_model() {
         regularizer: Some(Regularizer::new(RegMode::Paper, 1)),
         ..ObjectiveConfig::default()
     };
-    let out = objective(&model, &batch(&golden), &reference(&golden), &config, 5);
+    let out = objective(
+        &model,
+        &fixture_batch::<FA>(&golden),
+        &reference(&golden),
+        &config,
+        5,
+    );
     let grads = out.loss.backward();
     let g = adapter.lora_b.grad(&grads).expect("gradient of lora_B");
     assert_eq!(g.dtype(), DType::F32);
@@ -177,7 +172,7 @@ fn full_fine_tuning_keeps_f32_master_weights_and_computes_in_bf16() {
     let up = &model.layers[1].mlp.up_proj.base.weight;
     assert_eq!(up.val().dtype(), DType::F32);
     assert_eq!(model.norm.gamma.val().dtype(), DType::F32);
-    let batch = batch(&golden);
+    let batch = fixture_batch::<FA>(&golden);
     let hidden = model
         .forward(batch.input_ids.clone(), batch.attention_mask.clone(), &[1])
         .hidden;

@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use common::*;
 use decpo_alignment::loss::preference::PairLogps;
 use decpo_alignment::{ObjectiveConfig, RegMode, Regularizer, Site, objective};
-use decpo_model::{CompletionBatch, Llama, load_pretrained};
+use decpo_model::{Llama, load_pretrained};
 use serde_json::Value;
 
 fn vec1(v: &Value) -> Tensor<AD, 1> {
@@ -51,12 +51,7 @@ fn run(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
     let model = load_pretrained::<AD>(&fixture("tiny-llama"), &Default::default())
         .unwrap()
         .model;
-    let batch = CompletionBatch {
-        input_ids: int_matrix::<AD>(&golden["batch"]["input_ids"]),
-        attention_mask: int_matrix::<AD>(&golden["batch"]["attention_mask"]),
-        completion_mask: int_matrix::<AD>(&golden["batch"]["completion_mask"]),
-        eos_mask: eos_mask::<AD>(golden),
-    };
+    let batch = fixture_batch::<AD>(golden);
     let reference = PairLogps::from_rows(
         vec1(&golden["reference_logps"]["sum"]),
         vec1(&golden["reference_logps"]["mean"]),

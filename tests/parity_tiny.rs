@@ -6,7 +6,7 @@ mod common;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use common::*;
-use decpo_model::{CompletionBatch, SharedPrompts, completion_logps, load_pretrained, prefill};
+use decpo_model::{SharedPrompts, completion_logps, load_pretrained, prefill};
 
 const TOL: f32 = 1e-4;
 
@@ -304,12 +304,7 @@ fn shared_prompts<B: Backend>() {
     let model = load_pretrained::<B>(&fixture("tiny-llama"), &Default::default())
         .unwrap()
         .model;
-    let batch = CompletionBatch {
-        input_ids: int_matrix::<B>(&golden["batch"]["input_ids"]),
-        attention_mask: int_matrix::<B>(&golden["batch"]["attention_mask"]),
-        completion_mask: int_matrix::<B>(&golden["batch"]["completion_mask"]),
-        eos_mask: eos_mask::<B>(&golden),
-    };
+    let batch = fixture_batch::<B>(&golden);
     // 2 pairs of 13 columns; prompts of 4 and 3 tokens: packed rows of 13 + 13 - 4 columns.
     let plan = SharedPrompts::plan(&batch).expect("the pairs share prompts");
     assert_eq!(plan.columns(), (2 * 22, 4 * 13));

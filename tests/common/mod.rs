@@ -79,9 +79,19 @@ pub fn int_matrix<Bk: burn::tensor::backend::Backend>(v: &Value) -> Tensor<Bk, 2
     Tensor::from_data(TensorData::new(data, [rows, cols]), &Default::default())
 }
 
-/// The fixture batch's `eos_mask`: none (its token ids are random, no row ends in a marked EOS).
-pub fn eos_mask<Bk: burn::tensor::backend::Backend>(golden: &Value) -> Tensor<Bk, 2, Int> {
-    int_matrix::<Bk>(&golden["batch"]["attention_mask"]).zeros_like()
+/// The preference batch of scripts/make_loss_fixture.py (`golden["batch"]`); its `eos_mask` is
+/// empty (the token ids are random, no row ends in a marked EOS).
+pub fn fixture_batch<Bk: burn::tensor::backend::Backend>(
+    golden: &Value,
+) -> decpo_model::CompletionBatch<Bk> {
+    let b = &golden["batch"];
+    let attention_mask = int_matrix::<Bk>(&b["attention_mask"]);
+    decpo_model::CompletionBatch {
+        input_ids: int_matrix::<Bk>(&b["input_ids"]),
+        eos_mask: attention_mask.zeros_like(),
+        attention_mask,
+        completion_mask: int_matrix::<Bk>(&b["completion_mask"]),
+    }
 }
 
 /// max |got - want| / max |want|: relative error at the scale of the tensor.
