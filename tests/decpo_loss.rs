@@ -13,14 +13,14 @@ use decpo_alignment::{ObjectiveConfig, RegMode, Regularizer, Site, objective};
 use decpo_model::{Llama, load_pretrained};
 use serde_json::Value;
 
-fn vec1(v: &Value) -> Tensor<AD, 1> {
+fn vec1<A: AutodiffBackend>(v: &Value) -> Tensor<A, 1> {
     let data = floats(v);
     let n = data.len();
     Tensor::from_data(TensorData::new(data, [n]), &Default::default())
 }
 
 /// Gradient of a parameter by its Hugging Face name, in PyTorch layout.
-fn grad(model: &Llama<AD>, grads: &<AD as AutodiffBackend>::Gradients, name: &str) -> Vec<f32> {
+fn grad<A: AutodiffBackend>(model: &Llama<A>, grads: &A::Gradients, name: &str) -> Vec<f32> {
     if name == "model.embed_tokens.weight" {
         return to_vec(model.embed_tokens.weight.grad(grads).unwrap());
     }
@@ -47,17 +47,17 @@ struct Run {
     grads: Vec<(String, Vec<f32>)>,
 }
 
-fn run(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
-    let model = load_pretrained::<AD>(&fixture("tiny-llama"), &Default::default())
+fn run<A: AutodiffBackend>(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
+    let model = load_pretrained::<A>(&fixture("tiny-llama"), &Default::default())
         .unwrap()
         .model;
-    let batch = fixture_batch::<AD>(golden);
+    let batch = fixture_batch::<A>(golden);
     let reference = PairLogps::from_rows(
         vec1(&golden["reference_logps"]["sum"]),
         vec1(&golden["reference_logps"]["mean"]),
     );
     let out = objective(&model, &batch, &reference, config, 5);
-    let scalar = |t: Tensor<AD, 1>| to_vec(t.inner())[0];
+    let scalar = |t: Tensor<A, 1>| to_vec(t.inner())[0];
     let grads = out.loss.clone().backward();
     Run {
         loss: scalar(out.loss),
@@ -74,11 +74,22 @@ fn run(golden: &Value, config: &ObjectiveConfig, grad_names: &[String]) -> Run {
 
 #[test]
 fn every_loss_and_regularizer_matches_pytorch() {
+    every_case_matches_pytorch::<AD>();
+}
+
+/// burn-flex, the binaries' CPU backend, computes the log-probs in its own fused pass
+/// (`decpo_model::fused`): the same fixture, values and gradients.
+#[test]
+fn every_loss_and_regularizer_matches_pytorch_on_flex() {
+    every_case_matches_pytorch::<burn::backend::Autodiff<burn::backend::Flex>>();
+}
+
+fn every_case_matches_pytorch<A: AutodiffBackend>() {
     let golden = read_json("decpo-loss-golden.json");
     for case in golden["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let names: Vec<String> = case["grads"].as_object().unwrap().keys().cloned().collect();
-        let r = run(&golden, &objective_config(case), &names);
+        let r = run::<A>(&golden, &objective_config(case), &names);
         let close = |got: f32, key: &str| {
             let want = case[key].as_f64().unwrap() as f32;
             assert!(
@@ -146,8 +157,8 @@ fn the_regularizer_gradient_reaches_dec_layer_and_below_only() {
         // λ = 0: no regularizer gradient, and the same layout of the forward (the released mode
         // does not share prompts), so the same float order.
         let plain = with(Regularizer { lambda: 0.0, ..reg });
-        let base = run(&golden, &plain, &names);
-        let reg_run = run(&golden, &with(reg), &names);
+        let base = run::<AD>(&golden, &plain, &names);
+        let reg_run = run::<AD>(&golden, &with(reg), &names);
         for ((name, a), (_, b)) in base.grads.iter().zip(&reg_run.grads) {
             let changed = a != b;
             let expected =

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod linear;
 pub mod llama;

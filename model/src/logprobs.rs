@@ -2,6 +2,7 @@
 
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
+use crate::fused::target_logprobs;
 use crate::llama::Llama;
 use crate::precision::{f32, f32_mask};
 
@@ -69,13 +70,13 @@ pub fn completion_logps<B: Backend>(
     while start < span.end {
         let len = chunk.min(span.end - start);
         let logits = f32(model.logits(hidden.clone().narrow(1, start, len)));
-        let targets = input_ids
-            .clone()
-            .narrow(1, start + 1, len)
-            .unsqueeze_dim::<3>(2);
-        let max = logits.clone().detach().max_dim(2);
-        let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
-        pieces.push((logits.gather(2, targets) - lse).squeeze_dim::<2>(2));
+        let vocab = logits.dims()[2];
+        let targets = input_ids.clone().narrow(1, start + 1, len);
+        let logp = target_logprobs(
+            logits.reshape([batch * len, vocab]),
+            targets.reshape([batch * len]),
+        );
+        pieces.push(logp.reshape([batch, len]));
         start += len;
     }
     if span.end < scored {
