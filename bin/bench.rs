@@ -45,7 +45,8 @@ struct Args {
     #[arg(long, default_value = "f32")]
     dtype: Precision,
     /// decpo_step: the prompt tokens at the start of each row, shared by a pair's two rows (the
-    /// rest is the completion); default seq / 2.
+    /// rest is the completion); default seq / 2. 0: the rows share nothing, so the step runs
+    /// every row whole (the same work as a step without prompt sharing).
     #[arg(long)]
     prompt: Option<usize>,
 }
@@ -67,8 +68,8 @@ fn main() -> anyhow::Result<()> {
         bail!("--batch must be >= 1, --seq >= 2 and --iters >= 1");
     }
     let prompt = args.prompt.unwrap_or(args.seq / 2);
-    if prompt == 0 || prompt >= args.seq {
-        bail!("--prompt must be between 1 and --seq - 1, got {prompt}");
+    if prompt >= args.seq {
+        bail!("--prompt must be between 0 and --seq - 1, got {prompt}");
     }
     let modes: Vec<&str> = match args.mode.as_deref() {
         None => vec!["forward", "forward_backward"],

@@ -368,7 +368,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=None,
-                    help="decpo_step: prompt tokens shared within a pair (default seq // 2)")
+                    help="decpo_step: prompt tokens shared within a pair (default seq // 2; "
+                         "0: no prompt, every token is completion)")
     sel = ap.add_mutually_exclusive_group()
     sel.add_argument("--mode", choices=list(ALL_MODES) + ["all"],
                      help="one mode or all three (default: forward and forward_backward)")
@@ -397,8 +398,8 @@ def main() -> None:
     modes.sort(key=lambda m: m == "decpo_step")
     if "decpo_step" in modes and a.seq < 2:
         ap.error("decpo_step needs --seq >= 2")
-    if a.prompt is not None and not 0 < a.prompt < a.seq:
-        ap.error("--prompt must be between 1 and --seq - 1")
+    if a.prompt is not None and not 0 <= a.prompt < a.seq:
+        ap.error("--prompt must be between 0 and --seq - 1")
     for name in names:
         cfg = make_config(name)
         cfg._attn_implementation = "sdpa" if device.type == "cuda" else "eager"

@@ -153,9 +153,14 @@ fn decpo_input(config: &LlamaConfig, case: &BenchCase) -> StepInput<Autodiff> {
         ..case.clone()
     };
     let (ids, _) = inputs::<Autodiff>(config, &rows, &device);
-    // Rejected rows share their pair's prompt.
-    let prompt = ids.clone().slice([0..b, 0..p]);
-    let ids = ids.slice_assign([b..2 * b, 0..p], prompt);
+    // Rejected rows share their pair's prompt (none with prompt 0: the rows share nothing).
+    let ids = match p {
+        0 => ids,
+        _ => {
+            let prompt = ids.clone().slice([0..b, 0..p]);
+            ids.slice_assign([b..2 * b, 0..p], prompt)
+        }
+    };
     let positions = Tensor::<Autodiff, 1, Int>::arange(0..t as i64, &device)
         .unsqueeze::<2>()
         .repeat_dim(0, 2 * b);
