@@ -2,11 +2,10 @@
 
 use burn::module::Module;
 use burn::nn::LinearConfig;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
+use crate::fused;
 use crate::linear::Projection;
 use crate::rope::RopeTables;
 
@@ -68,8 +67,7 @@ impl<B: Backend> LlamaAttention<B> {
         // `groups * seq` query rows against it (the mask comes stacked the same way).
         let groups = self.num_heads / self.num_kv_heads;
         let q = q.reshape([batch, self.num_kv_heads, groups * seq, self.head_dim]);
-        let mask = Some(mask.clone());
-        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        let out = fused::attention(q, k, v, mask.clone());
         let out = out
             .reshape([batch, self.num_heads, seq, self.head_dim])
             .swap_dims(1, 2)

@@ -2,8 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::LinearConfig;
-use burn::tensor::{Tensor, activation::silu, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
+use crate::fused;
 use crate::linear::Projection;
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -27,7 +28,7 @@ impl<B: Backend> LlamaMlp<B> {
     /// `x`: `[batch, seq, hidden]` -> (output `[batch, seq, hidden]`, up_proj output `[batch, seq, d_ff]`).
     pub fn forward(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let up = self.up_proj.forward(x.clone());
-        let gated = silu(self.gate_proj.forward(x)) * up.clone();
+        let gated = fused::swiglu(self.gate_proj.forward(x), up.clone());
         (self.down_proj.forward(gated), up)
     }
 }

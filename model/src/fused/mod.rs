@@ -1,0 +1,101 @@
+//! Three hot spots of a training step as one pass each on the CPU backend the binaries train with.
+//!
+//! Both are written here with tensor ops, and that is what runs on ndarray (the deterministic
+//! tests), wgpu and cuda. On burn-flex those ops are single-threaded passes with a scalar `expf`,
+//! and under autodiff their backward adds as many again; the main thread did them while the
+//! other core waited. There (found by `TypeId`, so the generic model needs no new bound), each
+//! is one parallel pass with a vectorized exp, with its own backward:
+//!
+//! - [`target_logprobs`]: `logits[target] - logsumexp(logits)` row by row; the backward writes
+//!   `g · (onehot(target) - softmax)` from the kept logits and row statistics. Also without
+//!   autodiff (the reference model).
+//! - [`attention`]: softmax(Q Kᵀ / √d, masked) V, the products by burn-flex's GEMM, the scale,
+//!   mask and softmax in one pass over the scores; the backward's softmax step in one pass too.
+//!   Under autodiff only (elsewhere burn-flex's own attention runs).
+//! - [`swiglu`]: `silu(gate) · up` of the MLP, forward and backward one pass each.
+//!
+//! The same numbers to float rounding: each file's tests compare with f64 on the host and with
+//! the tensor ops, values and gradients; tests/decpo_loss.rs runs the PyTorch fixture on flex.
+
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention as tensor_attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+
+#[cfg(feature = "flex")]
+mod attention;
+#[cfg(feature = "flex")]
+mod exp;
+#[cfg(feature = "flex")]
+mod logprobs;
+#[cfg(feature = "flex")]
+mod swiglu;
+
+/// `log softmax(logits)[i, targets[i]]` for every row `i`: `logits` `[rows, vocab]`, `targets`
+/// `[rows]`, result `[rows]`.
+pub fn target_logprobs<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    #[cfg(feature = "flex")]
+    let (logits, targets) = match logprobs::target_logprobs(logits, targets) {
+        Ok(logp) => return logp,
+        Err(inputs) => inputs,
+    };
+    let max = logits.clone().detach().max_dim(1);
+    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    (logits.gather(1, targets.unsqueeze_dim(1)) - lse).squeeze_dim(1)
+}
+
+/// `softmax(q kᵀ / √head_dim, -∞ where mask) v`, as burn's `attention` with default options:
+/// `q` `[batch, heads, rows, head_dim]`, `k` and `v` `[batch, heads, cols, head_dim]`, `mask`
+/// `[batch, heads, rows, cols]` true where forbidden; a row with nothing allowed gives 0.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let (q, k, v, mask) = match attention::attention(q, k, v, mask) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    let options = AttentionModuleOptions::default();
+    tensor_attention(q, k, v, Some(mask), None, options)
+}
+
+/// `silu(gate) · up`, the SwiGLU MLP's inner product: `gate`, `up` and the result
+/// `[batch, seq, d_ff]`.
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    let (gate, up) = match swiglu::swiglu(gate, up) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    silu(gate) * up
+}
+
+/// burn-autodiff's tensor over burn-flex (its type is not exported by name).
+#[cfg(feature = "flex")]
+type AutodiffTensor = <burn::backend::Autodiff<burn::backend::Flex> as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// `from` as `To`, which the caller has checked it is (the backend's own primitive types).
+#[cfg(feature = "flex")]
+fn cast<From: std::any::Any, To: std::any::Any>(from: From) -> To {
+    *(Box::new(from) as Box<dyn std::any::Any>)
+        .downcast::<To>()
+        .expect("the backend's primitive type, checked by TypeId")
+}
+
+/// A row-major f32 burn-flex tensor of `values`.
+#[cfg(feature = "flex")]
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> burn::backend::flex::FlexTensor {
+    use burn::backend::flex::{FlexTensor, Layout};
+    use burn::tensor::{Bytes, DType, Shape};
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(shape)),
+        DType::F32,
+    )
+}
