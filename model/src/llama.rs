@@ -235,15 +235,20 @@ impl<B: Backend> Llama<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => linear(hidden.clone(), weight_for(head.weight.val(), &hidden), None),
-            // Tied: `embed [vocab, hidden] @ hidden^T` keeps the big operand contiguous; multiplying
-            // by a transposed view of it made the CPU backend copy all of it on every call.
             None => {
                 let [batch, seq, width] = hidden.dims();
-                let flat = hidden.reshape([batch * seq, width]).transpose();
-                let logits = weight_for(self.embed_tokens.weight.val(), &flat).matmul(flat);
-                logits
-                    .transpose()
-                    .reshape([batch, seq, self.config.vocab_size])
+                let flat = hidden.reshape([batch * seq, width]);
+                let embed = weight_for(self.embed_tokens.weight.val(), &flat);
+                let logits = if B::name(&flat.device()).contains("flex") {
+                    // burn-flex's GEMM reads a transposed view as it is: `hidden @ embed^T`
+                    // gives the logits row-major, with no copy of either.
+                    flat.matmul(embed.transpose())
+                } else {
+                    // Elsewhere (ndarray) a transposed operand is copied first: `embed @
+                    // hidden^T` keeps the big one contiguous; the logits are copied instead.
+                    embed.matmul(flat.transpose()).transpose()
+                };
+                logits.reshape([batch, seq, self.config.vocab_size])
             }
         }
     }
