@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::module::linear;
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 
 use crate::attention::stack_mask;
 use crate::cache::KvCache;
@@ -239,13 +239,15 @@ impl<B: Backend> Llama<B> {
                 let [batch, seq, width] = hidden.dims();
                 let flat = hidden.reshape([batch * seq, width]);
                 let embed = weight_for(self.embed_tokens.weight.val(), &flat);
-                let logits = if B::name(&flat.device()).contains("flex") {
-                    // burn-flex's GEMM reads a transposed view as it is: `hidden @ embed^T`
+                let in_place =
+                    flat.dtype() == DType::F32 && B::name(&flat.device()).contains("flex");
+                let logits = if in_place {
+                    // burn-flex's f32 GEMM reads a transposed view as it is: `hidden @ embed^T`
                     // gives the logits row-major, with no copy of either.
                     flat.matmul(embed.transpose())
                 } else {
-                    // Elsewhere (ndarray) a transposed operand is copied first: `embed @
-                    // hidden^T` keeps the big one contiguous; the logits are copied instead.
+                    // Elsewhere (ndarray; flex in bf16) a transposed operand is copied first:
+                    // `embed @ hidden^T` keeps the big one contiguous; the logits are copied.
                     embed.matmul(flat.transpose()).transpose()
                 };
                 logits.reshape([batch, seq, self.config.vocab_size])
