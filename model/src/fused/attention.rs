@@ -2,10 +2,7 @@
 //! and softmax in one parallel pass over the scores, and a backward written out
 //! (dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)) · scale, dQ = dS K, dK = dSᵀ Q).
 
-use std::any::TypeId;
-
 use burn::backend::Flex;
-use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -16,7 +13,7 @@ use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::exp::exp_lane;
-use super::{AutodiffTensor, cast};
+use super::{AutodiffTensor, FlexKind, cast, flex_kind};
 
 type Inputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4, Bool>);
 
@@ -28,7 +25,7 @@ pub(super) fn attention<B: Backend>(
     v: Tensor<B, 4>,
     mask: Tensor<B, 4, Bool>,
 ) -> Result<Tensor<B, 4>, Inputs<B>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<Flex>>() || q.dtype() != DType::F32 {
+    if flex_kind::<B>() != Some(FlexKind::Autodiff) || q.dtype() != DType::F32 {
         return Err((q, k, v, mask));
     }
     let float = |t: Tensor<B, 4>| -> AutodiffTensor { cast(t.into_primitive().tensor()) };

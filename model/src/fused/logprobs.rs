@@ -1,20 +1,18 @@
 //! log p(target) on burn-flex: one parallel pass per row, and its backward.
 
-use std::any::TypeId;
-
 use burn::backend::Flex;
-use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
-
 use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::exp::{scaled_exp, sum_exp};
-use super::{AutodiffTensor, cast, tensor};
+use super::{AutodiffTensor, FlexKind, cast, flex_kind, tensor};
 
 type Inputs<B> = (Tensor<B, 2>, Tensor<B, 1, Int>);
 
@@ -24,20 +22,15 @@ pub(super) fn target_logprobs<B: Backend>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 ) -> Result<Tensor<B, 1>, Inputs<B>> {
-    let is = |t: TypeId| TypeId::of::<B>() == t;
-    let plain = is(TypeId::of::<Flex>());
-    if !(plain || is(TypeId::of::<Autodiff<Flex>>())) || logits.dtype() != DType::F32 {
-        return Err((logits, targets));
-    }
-    let targets: FlexTensor = cast(targets.into_primitive());
+    let kind = match flex_kind::<B>() {
+        Some(kind) if logits.dtype() == DType::F32 => kind,
+        _ => return Err((logits, targets)),
+    };
+    let targets = target_ids(&cast(targets.into_primitive()));
     let logits = logits.into_primitive().tensor();
-    let out = if plain {
-        let logits: FlexTensor = cast(logits);
-        let (logp, _) = forward(&logits, &targets);
-        cast::<_, B::FloatTensorPrimitive>(logp)
-    } else {
-        let logits: AutodiffTensor = cast(logits);
-        cast(tracked(logits, targets))
+    let out = match kind {
+        FlexKind::Plain => cast::<_, B::FloatTensorPrimitive>(forward(&cast(logits), &targets).0),
+        FlexKind::Autodiff => cast(tracked(cast(logits), targets)),
     };
     Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
@@ -45,13 +38,13 @@ pub(super) fn target_logprobs<B: Backend>(
 #[derive(Debug)]
 struct TargetLogprobs;
 
-/// Kept for the backward: the logits, the targets and each row's max and sum of
+/// Kept for the backward: the logits, the target ids and each row's max and sum of
 /// `exp(logit - max)`.
 #[derive(Debug, Clone)]
 struct Saved {
     logits: FlexTensor,
-    targets: FlexTensor,
-    stats: std::sync::Arc<Vec<(f32, f32)>>,
+    targets: Arc<Vec<usize>>,
+    stats: Arc<Vec<(f32, f32)>>,
 }
 
 impl Backward<Flex, 1> for TargetLogprobs {
@@ -63,11 +56,9 @@ impl Backward<Flex, 1> for TargetLogprobs {
     }
 }
 
-fn tracked(logits: AutodiffTensor, targets: FlexTensor) -> AutodiffTensor {
+fn tracked(logits: AutodiffTensor, targets: Vec<usize>) -> AutodiffTensor {
     match TargetLogprobs
-        .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([logits
-            .node
-            .clone()])
+        .prepare::<NoCheckpointing>([logits.node.clone()])
         .compute_bound()
         .stateful()
     {
@@ -77,8 +68,8 @@ fn tracked(logits: AutodiffTensor, targets: FlexTensor) -> AutodiffTensor {
             let (logp, stats) = forward(&logits, &targets);
             let saved = Saved {
                 logits,
-                targets,
-                stats: std::sync::Arc::new(stats),
+                targets: Arc::new(targets),
+                stats: Arc::new(stats),
             };
             prep.finish(saved, logp)
         }
@@ -111,9 +102,8 @@ fn target_ids(targets: &FlexTensor) -> Vec<usize> {
 }
 
 /// log-probs `[rows]` and each row's (max, Σ exp(logit - max)).
-fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, Vec<(f32, f32)>) {
+fn forward(logits: &FlexTensor, targets: &[usize]) -> (FlexTensor, Vec<(f32, f32)>) {
     let (logits, rows, vocab) = rows_of(logits);
-    let targets = target_ids(targets);
     let all = &logits.storage::<f32>()[..rows * vocab];
     let stats: Vec<(f32, f32)> = all
         .par_chunks(vocab)
@@ -130,7 +120,7 @@ fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, Vec<(f32, 
         .collect();
     let logp = stats
         .iter()
-        .zip(&targets)
+        .zip(targets)
         .enumerate()
         .map(|(i, (&(max, sum), &t))| all[i * vocab + t] - (max + sum.ln()))
         .collect();
@@ -140,7 +130,6 @@ fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, Vec<(f32, 
 /// d logits `[rows, vocab]` = g · (onehot(target) - softmax(logits)).
 fn backward(saved: &Saved, grad: &FlexTensor) -> FlexTensor {
     let (logits, rows, vocab) = rows_of(&saved.logits);
-    let targets = target_ids(&saved.targets);
     let grad = grad.to_contiguous();
     let grad = &grad.storage::<f32>()[..rows];
     let all = &logits.storage::<f32>()[..rows * vocab];
@@ -152,7 +141,7 @@ fn backward(saved: &Saved, grad: &FlexTensor) -> FlexTensor {
             let (max, sum) = saved.stats[i];
             let g = grad[i];
             scaled_exp(row, max, -g / sum, out);
-            out[targets[i]] += g;
+            out[saved.targets[i]] += g;
         });
     tensor(out, vec![rows, vocab])
 }

@@ -1,6 +1,6 @@
 //! Three hot spots of a training step as one pass each on the CPU backend the binaries train with.
 //!
-//! Both are written here with tensor ops, and that is what runs on ndarray (the deterministic
+//! Each is written here with tensor ops, and that is what runs on ndarray (the deterministic
 //! tests), wgpu and cuda. On burn-flex those ops are single-threaded passes with a scalar `expf`,
 //! and under autodiff their backward adds as many again; the main thread did them while the
 //! other core waited. There (found by `TypeId`, so the generic model needs no new bound), each
@@ -74,6 +74,28 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
         Err(inputs) => inputs,
     };
     silu(gate) * up
+}
+
+/// Which burn-flex backend `B` is, when it is one.
+#[cfg(feature = "flex")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlexKind {
+    Plain,
+    Autodiff,
+}
+
+#[cfg(feature = "flex")]
+fn flex_kind<B: Backend>() -> Option<FlexKind> {
+    use burn::backend::{Autodiff, Flex};
+    use std::any::TypeId;
+    let b = TypeId::of::<B>();
+    if b == TypeId::of::<Flex>() {
+        Some(FlexKind::Plain)
+    } else if b == TypeId::of::<Autodiff<Flex>>() {
+        Some(FlexKind::Autodiff)
+    } else {
+        None
+    }
 }
 
 /// burn-autodiff's tensor over burn-flex (its type is not exported by name).

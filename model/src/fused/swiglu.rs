@@ -1,10 +1,7 @@
 //! silu(gate) · up on burn-flex in one parallel pass, and under autodiff its backward in one:
 //! d gate = g · up · σ(gate) · (1 + gate · (1 - σ(gate))), d up = g · silu(gate).
 
-use std::any::TypeId;
-
 use burn::backend::Flex;
-use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -15,7 +12,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::exp::exp_lane;
-use super::{AutodiffTensor, cast, tensor};
+use super::{AutodiffTensor, FlexKind, cast, flex_kind, tensor};
 
 /// Elements a task takes at a time.
 const BLOCK: usize = 1 << 14;
@@ -26,17 +23,15 @@ pub(super) fn swiglu<B: Backend>(
     gate: Tensor<B, 3>,
     up: Tensor<B, 3>,
 ) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 3>)> {
-    let is = |t: TypeId| TypeId::of::<B>() == t;
-    let plain = is(TypeId::of::<Flex>());
-    if !(plain || is(TypeId::of::<Autodiff<Flex>>())) || gate.dtype() != DType::F32 {
-        return Err((gate, up));
-    }
+    let kind = match flex_kind::<B>() {
+        Some(kind) if gate.dtype() == DType::F32 => kind,
+        _ => return Err((gate, up)),
+    };
     let gate = gate.into_primitive().tensor();
     let up = up.into_primitive().tensor();
-    let out: B::FloatTensorPrimitive = if plain {
-        cast(forward(&cast(gate), &cast(up)))
-    } else {
-        cast(tracked(cast(gate), cast(up)))
+    let out: B::FloatTensorPrimitive = match kind {
+        FlexKind::Plain => cast(forward(&cast(gate), &cast(up))),
+        FlexKind::Autodiff => cast(tracked(cast(gate), cast(up))),
     };
     Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
