@@ -52,26 +52,17 @@ impl<B: Backend> LlamaAttention<B> {
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = heads(rope.queries(self.q_proj.forward(x.clone())), self.num_heads);
-        let k = heads(rope.keys(self.k_proj.forward(x.clone())), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.extend(layer, k, v),
-            None => (k, v),
+        let q = rope.queries(self.q_proj.forward(x.clone()));
+        let k = rope.keys(self.k_proj.forward(x.clone()));
+        let v = self.v_proj.forward(x);
+        let out = match cache {
+            None => fused::attention(q, k, v, mask.clone(), self.head_dim),
+            Some((cache, layer)) => {
+                let heads = |t| fused::split_heads(t, self.head_dim);
+                let (k, v) = cache.extend(layer, heads(k), heads(v));
+                fused::grouped_attention(heads(q), k, v, mask.clone())
+            }
         };
-        // Grouped-query attention without copying keys and values per query head: query head h
-        // reads kv head h / groups, so the `groups` query heads of one kv head are stacked as
-        // `groups * seq` query rows against it (the mask comes stacked the same way).
-        let groups = self.num_heads / self.num_kv_heads;
-        let q = q.reshape([batch, self.num_kv_heads, groups * seq, self.head_dim]);
-        let out = fused::attention(q, k, v, mask.clone());
-        let out = out
-            .reshape([batch, self.num_heads, seq, self.head_dim])
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

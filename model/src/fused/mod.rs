@@ -9,9 +9,9 @@
 //! - [`target_logprobs`]: `logits[target] - logsumexp(logits)` row by row; the backward writes
 //!   `g · (onehot(target) - softmax)` from the kept logits and row statistics. Also without
 //!   autodiff (the reference model).
-//! - [`attention`]: softmax(Q Kᵀ / √d, masked) V, the products by burn-flex's GEMM, the scale,
-//!   mask and softmax in one pass over the scores; the backward's softmax step in one pass too.
-//!   Under autodiff only (elsewhere burn-flex's own attention runs).
+//! - [`attention`]: grouped-query softmax(Q Kᵀ / √d, masked) V read and written in the
+//!   projections' layout, per head two GEMM calls around one pass of scale, mask and softmax,
+//!   the heads in parallel; the backward the same way. With and without autodiff.
 //! - [`swiglu`]: `silu(gate) · up` of the MLP, forward and backward one pass each.
 //!
 //! The same numbers to float rounding: each file's tests compare with f64 on the host and with
@@ -26,6 +26,8 @@ use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 mod attention;
 #[cfg(feature = "flex")]
 mod exp;
+#[cfg(feature = "flex")]
+mod gemm;
 #[cfg(feature = "flex")]
 mod logprobs;
 #[cfg(feature = "flex")]
@@ -47,22 +49,54 @@ pub fn target_logprobs<B: Backend>(
     (logits.gather(1, targets.unsqueeze_dim(1)) - lse).squeeze_dim(1)
 }
 
-/// `softmax(q kᵀ / √head_dim, -∞ where mask) v`, as burn's `attention` with default options:
-/// `q` `[batch, heads, rows, head_dim]`, `k` and `v` `[batch, heads, cols, head_dim]`, `mask`
-/// `[batch, heads, rows, cols]` true where forbidden; a row with nothing allowed gives 0.
+/// Grouped-query attention in the projections' layout: `q` `[batch, seq, heads · head_dim]`,
+/// `k` and `v` `[batch, kv_len, kv_heads · head_dim]`, `mask` stacked as [`grouped_attention`]
+/// takes it; the result `[batch, seq, heads · head_dim]`, what the output projection reads.
 pub fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    mask: Tensor<B, 4, Bool>,
+    head_dim: usize,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    let (q, k, v, mask) = match attention::attention(q, k, v, mask, head_dim) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    let heads = |t| split_heads(t, head_dim);
+    grouped_attention(heads(q), heads(k), heads(v), mask)
+}
+
+/// `[batch, seq, heads · head_dim]` as `[batch, heads, seq, head_dim]` (a view).
+pub fn split_heads<B: Backend>(t: Tensor<B, 3>, head_dim: usize) -> Tensor<B, 4> {
+    let [batch, seq, width] = t.dims();
+    t.reshape([batch, seq, width / head_dim, head_dim])
+        .swap_dims(1, 2)
+}
+
+/// `softmax(q kᵀ / √head_dim, -∞ where mask) v` per query head, head h reading kv head
+/// h / groups, by burn's `attention` with default options: `q` `[batch, heads, seq, head_dim]`,
+/// `k` and `v` `[batch, kv_heads, kv_len, head_dim]` (the KV cache's layout), `mask`
+/// `[batch, kv_heads, groups · seq, kv_len]` true where forbidden (see
+/// `attention::stack_mask`); a row with nothing allowed gives 0. The result
+/// `[batch, seq, heads · head_dim]`.
+pub fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Tensor<B, 4, Bool>,
-) -> Tensor<B, 4> {
-    #[cfg(feature = "flex")]
-    let (q, k, v, mask) = match attention::attention(q, k, v, mask) {
-        Ok(out) => return out,
-        Err(inputs) => inputs,
-    };
+) -> Tensor<B, 3> {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let kv_heads = k.dims()[1];
+    // Without copying keys and values per query head: the `groups` query heads of one kv head
+    // are stacked as `groups · seq` query rows against it (the mask comes stacked the same way).
+    let q = q.reshape([batch, kv_heads, heads / kv_heads * seq, head_dim]);
     let options = AttentionModuleOptions::default();
     tensor_attention(q, k, v, Some(mask), None, options)
+        .reshape([batch, heads, seq, head_dim])
+        .swap_dims(1, 2)
+        .reshape([batch, seq, heads * head_dim])
 }
 
 /// `silu(gate) · up`, the SwiGLU MLP's inner product: `gate`, `up` and the result

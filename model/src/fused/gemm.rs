@@ -1,0 +1,142 @@
+//! Strided matrix views over f32 buffers and one single-threaded GEMM call on them (the `gemm`
+//! crate burn-flex runs its matmuls with, so the same kernels: AVX-512 where the CPU has it).
+//! The fused ops call it from their own parallel loops, one matrix per task, reading the
+//! operands where they lie and writing the result where it belongs (no copy to a contiguous
+//! layout and back, no zero-filled output buffer).
+
+/// A `rows × cols` matrix at `ptr`: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mat {
+    ptr: *const f32,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+/// A writable [`Mat`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MatMut {
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: views into buffers that outlive the parallel loops using them; the fused ops give each
+// task disjoint blocks to write (documented where they split the work).
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+unsafe impl Send for MatMut {}
+unsafe impl Sync for MatMut {}
+
+impl Mat {
+    /// Rows of `cols` at `offset`, row stride `rs`, column stride 1.
+    pub(super) fn rows_of(
+        base: *const f32,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: usize,
+    ) -> Self {
+        Self {
+            ptr: base.wrapping_add(offset),
+            rows,
+            cols,
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    pub(super) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+impl MatMut {
+    /// Rows of `cols` at `offset`, row stride `rs`, column stride 1.
+    pub(super) fn rows_of(
+        base: *mut f32,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: usize,
+    ) -> Self {
+        Self {
+            ptr: base.wrapping_add(offset),
+            rows,
+            cols,
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+}
+
+/// A buffer that the tasks of a parallel loop write, each its own part.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shared(*mut f32);
+
+// SAFETY: as for `MatMut`: the loop's tasks write disjoint parts, and the buffer outlives it.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    pub(super) fn new(buffer: &mut Vec<f32>) -> Self {
+        Self(buffer.as_mut_ptr())
+    }
+
+    /// The buffer's start (a method, so that a closure captures the `Shared`, not the pointer).
+    pub(super) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` when `accumulate`), on the calling thread.
+///
+/// # Safety
+/// The three views lie inside live buffers, `dst` overlaps neither operand, and no other thread
+/// touches `dst` meanwhile; with `accumulate`, `dst` holds initialized values.
+pub(super) unsafe fn matmul(dst: MatMut, accumulate: bool, a: Mat, b: Mat) {
+    assert!(
+        a.cols == b.rows && dst.rows == a.rows && dst.cols == b.cols,
+        "matmul: [{}, {}] · [{}, {}] into [{}, {}]",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        dst.rows,
+        dst.cols
+    );
+    // SAFETY: the caller's contract; `gemm` writes every element of `dst` and reads it only
+    // when `accumulate` (dst := 1·dst + 1·a·b).
+    unsafe {
+        gemm::gemm(
+            dst.rows,
+            dst.cols,
+            a.cols,
+            dst.ptr,
+            dst.cs,
+            dst.rs,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
