@@ -2,9 +2,9 @@
 
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
-use crate::fused::target_logprobs;
+use crate::fused::unembed_logprobs;
 use crate::llama::Llama;
-use crate::precision::{f32, f32_mask};
+use crate::precision::f32_mask;
 
 /// A right-padded batch of sequences with their completion tokens marked, `[rows, seq]` each: the
 /// input of a preference step (rows `0..B` chosen, `B..2B` rejected).
@@ -55,7 +55,7 @@ pub fn completion_logps<B: Backend>(
     completion_mask: Tensor<B, 2, Int>,
     chunk: usize,
 ) -> SequenceLogps<B> {
-    let [batch, seq, _] = hidden.dims();
+    let [batch, seq, width] = hidden.dims();
     let scored = seq.saturating_sub(1);
     let device = hidden.device();
     let mask = f32_mask(completion_mask.narrow(1, 1, scored));
@@ -69,13 +69,16 @@ pub fn completion_logps<B: Backend>(
     let mut start = span.start;
     while start < span.end {
         let len = chunk.min(span.end - start);
-        let logits = f32(model.logits(hidden.clone().narrow(1, start, len)));
-        let vocab = logits.dims()[2];
-        let targets = input_ids.clone().narrow(1, start + 1, len);
-        let logp = target_logprobs(
-            logits.reshape([batch * len, vocab]),
-            targets.reshape([batch * len]),
-        );
+        let rows = hidden
+            .clone()
+            .narrow(1, start, len)
+            .reshape([batch * len, width]);
+        let targets = input_ids
+            .clone()
+            .narrow(1, start + 1, len)
+            .reshape([batch * len]);
+        let weight = model.unembedding(&rows);
+        let logp = unembed_logprobs(rows, weight, targets, |rows| model.row_logits(rows));
         pieces.push(logp.reshape([batch, len]));
         start += len;
     }

@@ -44,6 +44,13 @@ pub(super) fn scaled_exp(row: &[f32], max: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
+/// x = scale · exp(x - max) over a row, in place.
+pub(super) fn scaled_exp_in_place(row: &mut [f32], max: f32, scale: f32) {
+    for x in row.iter_mut() {
+        *x = scale * exp_lane(*x - max);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::exp_lane;

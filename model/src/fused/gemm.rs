@@ -49,6 +49,31 @@ impl Mat {
         }
     }
 
+    /// The 2-D view of a burn-flex tensor as it lies (any strides).
+    pub(super) fn of(t: &burn::backend::flex::FlexTensor) -> Self {
+        let layout = t.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        assert_eq!(shape.num_dims(), 2, "a matrix");
+        Self {
+            ptr: t
+                .storage::<f32>()
+                .as_ptr()
+                .wrapping_add(layout.start_offset()),
+            rows: shape[0],
+            cols: shape[1],
+            rs: strides[0],
+            cs: strides[1],
+        }
+    }
+
+    pub(super) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(super) fn cols(&self) -> usize {
+        self.cols
+    }
+
     pub(super) fn t(self) -> Self {
         Self {
             rows: self.cols,
@@ -104,6 +129,20 @@ impl Shared {
 /// The three views lie inside live buffers, `dst` overlaps neither operand, and no other thread
 /// touches `dst` meanwhile; with `accumulate`, `dst` holds initialized values.
 pub(super) unsafe fn matmul(dst: MatMut, accumulate: bool, a: Mat, b: Mat) {
+    // SAFETY: the caller's.
+    unsafe { gemm_call(dst, accumulate, a, b, gemm::Parallelism::None) }
+}
+
+/// [`matmul`] on every thread of the rayon pool (for one big product).
+///
+/// # Safety
+/// As for [`matmul`].
+pub(super) unsafe fn matmul_parallel(dst: MatMut, accumulate: bool, a: Mat, b: Mat) {
+    // SAFETY: the caller's.
+    unsafe { gemm_call(dst, accumulate, a, b, gemm::Parallelism::Rayon(0)) }
+}
+
+unsafe fn gemm_call(dst: MatMut, accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
     assert!(
         a.cols == b.rows && dst.rows == a.rows && dst.cols == b.cols,
         "matmul: [{}, {}] · [{}, {}] into [{}, {}]",
@@ -118,25 +157,8 @@ pub(super) unsafe fn matmul(dst: MatMut, accumulate: bool, a: Mat, b: Mat) {
     // when `accumulate` (dst := 1·dst + 1·a·b).
     unsafe {
         gemm::gemm(
-            dst.rows,
-            dst.cols,
-            a.cols,
-            dst.ptr,
-            dst.cs,
-            dst.rs,
-            accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            dst.rows, dst.cols, a.cols, dst.ptr, dst.cs, dst.rs, accumulate, a.ptr, a.cs, a.rs,
+            b.ptr, b.cs, b.rs, 1.0f32, 1.0f32, false, false, false, threads,
         );
     }
 }

@@ -84,7 +84,7 @@ fn rows_of(logits: &FlexTensor) -> (FlexTensor, usize, usize) {
     (logits, rows, vocab)
 }
 
-fn target_ids(targets: &FlexTensor) -> Vec<usize> {
+pub(super) fn target_ids(targets: &FlexTensor) -> Vec<usize> {
     let targets = targets.to_contiguous();
     match targets.dtype() {
         DType::I64 => targets
@@ -104,7 +104,17 @@ fn target_ids(targets: &FlexTensor) -> Vec<usize> {
 /// log-probs `[rows]` and each row's (max, Σ exp(logit - max)).
 fn forward(logits: &FlexTensor, targets: &[usize]) -> (FlexTensor, Vec<(f32, f32)>) {
     let (logits, rows, vocab) = rows_of(logits);
-    let all = &logits.storage::<f32>()[..rows * vocab];
+    let (logp, stats) = log_probs(&logits.storage::<f32>()[..rows * vocab], vocab, targets);
+    (tensor(logp, vec![rows]), stats)
+}
+
+/// `logit[target] - logsumexp(logits)` of each row of `all` (rows of `vocab`), and each row's
+/// (max, Σ exp(logit - max)) for the backward.
+pub(super) fn log_probs(
+    all: &[f32],
+    vocab: usize,
+    targets: &[usize],
+) -> (Vec<f32>, Vec<(f32, f32)>) {
     let stats: Vec<(f32, f32)> = all
         .par_chunks(vocab)
         .map(|row| {
@@ -124,7 +134,7 @@ fn forward(logits: &FlexTensor, targets: &[usize]) -> (FlexTensor, Vec<(f32, f32
         .enumerate()
         .map(|(i, (&(max, sum), &t))| all[i * vocab + t] - (max + sum.ln()))
         .collect();
-    (tensor(logp, vec![rows]), stats)
+    (logp, stats)
 }
 
 /// d logits `[rows, vocab]` = g · (onehot(target) - softmax(logits)).

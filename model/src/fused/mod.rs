@@ -31,7 +31,11 @@ mod gemm;
 #[cfg(feature = "flex")]
 mod logprobs;
 #[cfg(feature = "flex")]
+mod pool;
+#[cfg(feature = "flex")]
 mod swiglu;
+#[cfg(feature = "flex")]
+mod unembed;
 
 /// `log softmax(logits)[i, targets[i]]` for every row `i`: `logits` `[rows, vocab]`, `targets`
 /// `[rows]`, result `[rows]`.
@@ -47,6 +51,27 @@ pub fn target_logprobs<B: Backend>(
     let max = logits.clone().detach().max_dim(1);
     let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
     (logits.gather(1, targets.unsqueeze_dim(1)) - lse).squeeze_dim(1)
+}
+
+/// `log softmax(hidden · weight)[i, targets[i]]` for every row `i`: `hidden` `[rows, width]`,
+/// `weight` `[width, vocab]` (a transposed view of a tied embedding is read as it lies),
+/// `targets` `[rows]`; result `[rows]` in f32. Elsewhere than burn-flex in f32 it is
+/// `logits(hidden)` (the caller's product, which picks its own layout) through
+/// [`target_logprobs`].
+pub fn unembed_logprobs<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    logits: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    #[cfg(feature = "flex")]
+    let (hidden, _weight, targets) = match unembed::unembed_logprobs(hidden, weight, targets) {
+        Ok(logp) => return logp,
+        Err(inputs) => inputs,
+    };
+    #[cfg(not(feature = "flex"))]
+    let _ = weight;
+    target_logprobs(crate::precision::f32(logits(hidden)), targets)
 }
 
 /// Grouped-query attention in the projections' layout: `q` `[batch, seq, heads · head_dim]`,

@@ -1,0 +1,237 @@
+//! The completion log-probs straight from the final hidden states on burn-flex: the logits
+//! `h · W` by one GEMM on every thread into a reused buffer ([`Pooled`]), then the per-row pass
+//! of [`super::logprobs`]. The backward writes d logits = g · (onehot - softmax) over the kept
+//! logits and multiplies them back: dh = d logits · Wᵀ, dW = hᵀ · d logits. burn-flex's matmul
+//! zero-fills each output and copies it once more to align it, and at this size every chunk's
+//! logits and their gradient were fresh pages the kernel zeroed.
+
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+use super::exp::scaled_exp_in_place;
+use super::gemm::{Mat, MatMut, matmul_parallel};
+use super::logprobs::{log_probs, target_ids};
+use super::pool::Pooled;
+use super::{AutodiffTensor, FlexKind, cast, flex_kind, tensor};
+
+type Inputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1, Int>);
+
+/// The fused pass when `B` is burn-flex (with or without autodiff) and both operands are f32;
+/// the inputs back otherwise.
+pub(super) fn unembed_logprobs<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Result<Tensor<B, 1>, Inputs<B>> {
+    let kind = match flex_kind::<B>() {
+        Some(kind) if hidden.dtype() == DType::F32 && weight.dtype() == DType::F32 => kind,
+        _ => return Err((hidden, weight, targets)),
+    };
+    let targets = target_ids(&cast(targets.into_primitive()));
+    let (hidden, weight) = (
+        hidden.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+    );
+    let out: B::FloatTensorPrimitive = match kind {
+        FlexKind::Plain => {
+            let hidden: FlexTensor = cast(hidden);
+            cast(forward(&hidden.to_contiguous(), &cast(weight), &targets).0)
+        }
+        FlexKind::Autodiff => cast(tracked(cast(hidden), cast(weight), targets)),
+    };
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+#[derive(Debug)]
+struct Unembed;
+
+/// Kept for the backward: both operands (the hidden states contiguous, the weight as given),
+/// the logits, the target ids and each row's max and Σ exp(logit - max).
+#[derive(Debug, Clone)]
+struct Saved {
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    logits: Arc<Pooled>,
+    targets: Arc<Vec<usize>>,
+    stats: Arc<Vec<(f32, f32)>>,
+}
+
+impl Backward<Flex, 2> for Unembed {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [node_hidden, node_weight] = ops.parents;
+        let want = [node_hidden.is_some(), node_weight.is_some()];
+        let [d_hidden, d_weight] = backward(ops.state, grad.storage::<f32>(), want);
+        for (node, grad) in [(node_hidden, d_hidden), (node_weight, d_weight)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+fn tracked(hidden: AutodiffTensor, weight: AutodiffTensor, targets: Vec<usize>) -> AutodiffTensor {
+    let nodes = [hidden.node.clone(), weight.node.clone()];
+    let h = hidden.primitive.to_contiguous();
+    match Unembed
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (logp, logits, stats) = forward(&h, &weight.primitive, &targets);
+            let saved = Saved {
+                hidden: h,
+                weight: weight.primitive,
+                logits: Arc::new(logits),
+                targets: Arc::new(targets),
+                stats: Arc::new(stats),
+            };
+            prep.finish(saved, logp)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(&h, &weight.primitive, &targets).0),
+    }
+}
+
+/// The log-probs `[rows]`, the logits `[rows, vocab]` and each row's (max, Σ exp). `hidden`
+/// contiguous `[rows, width]`, `weight` `[width, vocab]` in any layout.
+fn forward(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    targets: &[usize],
+) -> (FlexTensor, Pooled, Vec<(f32, f32)>) {
+    let (h, w) = (Mat::of(hidden), Mat::of(weight));
+    let (rows, vocab) = (h.rows(), w.cols());
+    assert_eq!(targets.len(), rows, "one target per row");
+    let mut logits = Pooled::take(rows * vocab);
+    // SAFETY: both operands are live tensors' views; `logits` is this call's own.
+    unsafe {
+        matmul_parallel(
+            MatMut::rows_of(logits.as_mut_ptr(), 0, rows, vocab, vocab),
+            false,
+            h,
+            w,
+        )
+    };
+    let (logp, stats) = log_probs(&logits, vocab, targets);
+    (tensor(logp, vec![rows]), logits, stats)
+}
+
+/// d hidden `[rows, width]` and d weight `[width, vocab]`, those `want` asks for, from the
+/// gradient of the log-probs `[rows]`.
+fn backward(saved: Saved, grad: &[f32], want: [bool; 2]) -> [Option<FlexTensor>; 2] {
+    let Saved {
+        hidden,
+        weight,
+        logits,
+        targets,
+        stats,
+    } = saved;
+    // The logits' last use: their gradient overwrites them (a copy only if the state was
+    // cloned, which burn's autodiff does not do).
+    let mut d_logits = Arc::try_unwrap(logits).unwrap_or_else(|shared| {
+        let mut copy = Pooled::take(shared.len());
+        copy.copy_from_slice(&shared);
+        copy
+    });
+    let (h, w) = (Mat::of(&hidden), Mat::of(&weight));
+    let (rows, width, vocab) = (h.rows(), h.cols(), w.cols());
+    d_logits
+        .par_chunks_mut(vocab)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let (max, sum) = stats[i];
+            scaled_exp_in_place(row, max, -grad[i] / sum);
+            row[targets[i]] += grad[i];
+        });
+    let d = Mat::rows_of(d_logits.as_ptr(), 0, rows, vocab, vocab);
+    let [want_hidden, want_weight] = want;
+    let product = |a: Mat, b: Mat, shape: [usize; 2]| {
+        let mut out = Vec::with_capacity(shape[0] * shape[1]);
+        // SAFETY: the operands are live; `out` has room for the product, which gemm writes
+        // whole before the length is set.
+        unsafe {
+            matmul_parallel(
+                MatMut::rows_of(out.as_mut_ptr(), 0, shape[0], shape[1], shape[1]),
+                false,
+                a,
+                b,
+            );
+            out.set_len(shape[0] * shape[1]);
+        }
+        tensor(out, shape.to_vec())
+    };
+    [
+        want_hidden.then(|| product(d, w.t(), [rows, width])),
+        want_weight.then(|| product(h.t(), d, [width, vocab])),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, Flex, NdArray};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{Int, Tensor, TensorData};
+
+    const ROWS: usize = 6;
+    const WIDTH: usize = 5;
+    const VOCAB: usize = 37;
+
+    fn values(seed: usize, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 * 6.0 - 3.0)
+            .collect()
+    }
+
+    /// Log-probs and the gradients of hidden and weight for Σ w·logp on backend `A`, the weight
+    /// given as the transposed view of `[vocab, width]` (as a tied embedding is).
+    fn run<A: AutodiffBackend>() -> Vec<Vec<f32>> {
+        let device = Default::default();
+        let leaf = |seed, shape: [usize; 2]| {
+            let n = shape[0] * shape[1];
+            Tensor::<A, 2>::from_data(TensorData::new(values(seed, n), shape), &device)
+                .require_grad()
+        };
+        let (hidden, embed) = (leaf(1, [ROWS, WIDTH]), leaf(2, [VOCAB, WIDTH]));
+        let targets: Vec<i64> = (0..ROWS).map(|i| (i * 11 % VOCAB) as i64).collect();
+        let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(targets, [ROWS]), &device);
+        let weight = embed.clone().transpose();
+        let logits = |rows: Tensor<A, 2>| rows.matmul(weight.clone());
+        let logp = super::super::unembed_logprobs(hidden.clone(), weight.clone(), targets, logits);
+        let w = Tensor::<A, 1>::from_data(TensorData::new(values(3, ROWS), [ROWS]), &device);
+        let grads = (logp.clone() * w).sum().backward();
+        let host = |t: Tensor<A::InnerBackend, 2>| t.into_data().into_vec::<f32>().unwrap();
+        vec![
+            logp.inner().into_data().into_vec::<f32>().unwrap(),
+            host(hidden.grad(&grads).unwrap()),
+            host(embed.grad(&grads).unwrap()),
+        ]
+    }
+
+    #[test]
+    fn fused_unembedding_log_probs_and_gradients_match_the_tensor_ops() {
+        let want = run::<Autodiff<NdArray>>();
+        let got = run::<Autodiff<Flex>>();
+        // Again, now on buffers the pool kept from the first run (holding its values).
+        assert_eq!(run::<Autodiff<Flex>>(), got);
+        for ((name, got), want) in ["logp", "d hidden", "d weight"].iter().zip(&got).zip(&want) {
+            assert_eq!(got.len(), want.len(), "{name}");
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 2e-5 * w.abs().max(1.0),
+                    "{name}[{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
