@@ -3,11 +3,11 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData, backend::Backend};
 use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, RngCore, SeedableRng};
 
+use crate::fused;
 use crate::lora::LoraConfig;
 use crate::precision::{f32, weight_for};
 
@@ -57,8 +57,8 @@ impl<B: Backend> LoraAdapter<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
         let [batch, seq, _] = x.dims();
-        let low = f32(rows(dropout(&self.dropout, x))).matmul(self.lora_a.val());
-        let out = low.matmul(self.lora_b.val()) * self.scale;
+        let low = fused::matmul(f32(rows(dropout(&self.dropout, x))), self.lora_a.val());
+        let out = fused::matmul(low, self.lora_b.val()) * self.scale;
         out.cast(dtype).reshape([batch, seq, self.lora_b.dims()[1]])
     }
 }
@@ -149,7 +149,7 @@ impl<B: Backend> Projection<B> {
         let [batch, seq, _] = x.dims();
         let weight = weight_for(self.base.weight.val(), &x);
         let width = weight.dims()[1];
-        let y = linear(rows(x.clone()), weight, None).reshape([batch, seq, width]);
+        let y = fused::matmul(rows(x.clone()), weight).reshape([batch, seq, width]);
         match &self.lora {
             None => y,
             Some(a) => y + a.forward(x),

@@ -142,6 +142,25 @@ pub(super) unsafe fn matmul_parallel(dst: MatMut, accumulate: bool, a: Mat, b: M
     unsafe { gemm_call(dst, accumulate, a, b, gemm::Parallelism::Rayon(0)) }
 }
 
+/// `a · b` as a new row-major burn-flex tensor, on every thread of the rayon pool (gemm writes
+/// every element; no zero-filled buffer first).
+pub(super) fn product(a: Mat, b: Mat) -> burn::backend::flex::FlexTensor {
+    let (rows, cols) = (a.rows, b.cols);
+    let mut out = Vec::with_capacity(rows * cols);
+    // SAFETY: `a` and `b` are views of live tensors (their constructors' contract); `out` has
+    // room for the product, which gemm writes whole before the length is set.
+    unsafe {
+        matmul_parallel(
+            MatMut::rows_of(out.as_mut_ptr(), 0, rows, cols, cols),
+            false,
+            a,
+            b,
+        );
+        out.set_len(rows * cols);
+    }
+    super::tensor(out, vec![rows, cols])
+}
+
 unsafe fn gemm_call(dst: MatMut, accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
     assert!(
         a.cols == b.rows && dst.rows == a.rows && dst.cols == b.cols,

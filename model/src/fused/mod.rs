@@ -29,6 +29,8 @@ mod exp;
 #[cfg(feature = "flex")]
 mod gemm;
 #[cfg(feature = "flex")]
+mod linear;
+#[cfg(feature = "flex")]
 mod logprobs;
 #[cfg(feature = "flex")]
 mod pool;
@@ -51,6 +53,17 @@ pub fn target_logprobs<B: Backend>(
     let max = logits.clone().detach().max_dim(1);
     let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
     (logits.gather(1, targets.unsqueeze_dim(1)) - lse).squeeze_dim(1)
+}
+
+/// `x · weight`: `x` `[rows, d_in]`, `weight` `[d_in, d_out]` (any layout), as burn's `linear`
+/// without bias.
+pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let (x, weight) = match linear::matmul(x, weight) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    burn::tensor::module::linear(x, weight, None)
 }
 
 /// `log softmax(hidden · weight)[i, targets[i]]` for every row `i`: `hidden` `[rows, width]`,

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::exp::scaled_exp_in_place;
-use super::gemm::{Mat, MatMut, matmul_parallel};
+use super::gemm::{Mat, MatMut, matmul_parallel, product};
 use super::logprobs::{log_probs, target_ids};
 use super::pool::Pooled;
 use super::{AutodiffTensor, FlexKind, cast, flex_kind, tensor};
@@ -145,7 +145,7 @@ fn backward(saved: Saved, grad: &[f32], want: [bool; 2]) -> [Option<FlexTensor>;
         copy
     });
     let (h, w) = (Mat::of(&hidden), Mat::of(&weight));
-    let (rows, width, vocab) = (h.rows(), h.cols(), w.cols());
+    let (rows, vocab) = (h.rows(), w.cols());
     d_logits
         .par_chunks_mut(vocab)
         .enumerate()
@@ -156,24 +156,9 @@ fn backward(saved: Saved, grad: &[f32], want: [bool; 2]) -> [Option<FlexTensor>;
         });
     let d = Mat::rows_of(d_logits.as_ptr(), 0, rows, vocab, vocab);
     let [want_hidden, want_weight] = want;
-    let product = |a: Mat, b: Mat, shape: [usize; 2]| {
-        let mut out = Vec::with_capacity(shape[0] * shape[1]);
-        // SAFETY: the operands are live; `out` has room for the product, which gemm writes
-        // whole before the length is set.
-        unsafe {
-            matmul_parallel(
-                MatMut::rows_of(out.as_mut_ptr(), 0, shape[0], shape[1], shape[1]),
-                false,
-                a,
-                b,
-            );
-            out.set_len(shape[0] * shape[1]);
-        }
-        tensor(out, shape.to_vec())
-    };
     [
-        want_hidden.then(|| product(d, w.t(), [rows, width])),
-        want_weight.then(|| product(h.t(), d, [width, vocab])),
+        want_hidden.then(|| product(d, w.t())),
+        want_weight.then(|| product(h.t(), d)),
     ]
 }
 
