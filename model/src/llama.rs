@@ -233,20 +233,15 @@ impl<B: Backend> Llama<B> {
 
     /// Unembedding: `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, width] = hidden.dims();
-        let logits = self.row_logits(hidden.reshape([batch * seq, width]));
-        logits.reshape([batch, seq, self.config.vocab_size])
-    }
-
-    /// The logits of rows of hidden states: `[rows, hidden]` -> `[rows, vocab]`.
-    pub fn row_logits(&self, flat: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.lm_head {
-            Some(head) => linear(flat.clone(), weight_for(head.weight.val(), &flat), None),
+            Some(head) => linear(hidden.clone(), weight_for(head.weight.val(), &hidden), None),
             None => {
+                let [batch, seq, width] = hidden.dims();
+                let flat = hidden.reshape([batch * seq, width]);
                 let embed = weight_for(self.embed_tokens.weight.val(), &flat);
                 let in_place =
                     flat.dtype() == DType::F32 && B::name(&flat.device()).contains("flex");
-                if in_place {
+                let logits = if in_place {
                     // burn-flex's f32 GEMM reads a transposed view as it is: `hidden @ embed^T`
                     // gives the logits row-major, with no copy of either.
                     flat.matmul(embed.transpose())
@@ -254,7 +249,8 @@ impl<B: Backend> Llama<B> {
                     // Elsewhere (ndarray; flex in bf16) a transposed operand is copied first:
                     // `embed @ hidden^T` keeps the big one contiguous; the logits are copied.
                     embed.matmul(flat.transpose()).transpose()
-                }
+                };
+                logits.reshape([batch, seq, self.config.vocab_size])
             }
         }
     }

@@ -69,16 +69,19 @@ pub fn completion_logps<B: Backend>(
     let mut start = span.start;
     while start < span.end {
         let len = chunk.min(span.end - start);
-        let rows = hidden
-            .clone()
-            .narrow(1, start, len)
-            .reshape([batch * len, width]);
+        let chunk = hidden.clone().narrow(1, start, len);
+        let rows = chunk.clone().reshape([batch * len, width]);
         let targets = input_ids
             .clone()
             .narrow(1, start + 1, len)
             .reshape([batch * len]);
         let weight = model.unembedding(&rows);
-        let logp = unembed_logprobs(rows, weight, targets, |rows| model.row_logits(rows));
+        let logits = || {
+            let logits = model.logits(chunk);
+            let vocab = logits.dims()[2];
+            logits.reshape([batch * len, vocab])
+        };
+        let logp = unembed_logprobs(rows, weight, targets, logits);
         pieces.push(logp.reshape([batch, len]));
         start += len;
     }

@@ -68,23 +68,23 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2>
 
 /// `log softmax(hidden · weight)[i, targets[i]]` for every row `i`: `hidden` `[rows, width]`,
 /// `weight` `[width, vocab]` (a transposed view of a tied embedding is read as it lies),
-/// `targets` `[rows]`; result `[rows]` in f32. Elsewhere than burn-flex in f32 it is
-/// `logits(hidden)` (the caller's product, which picks its own layout) through
+/// `targets` `[rows]`; result `[rows]` in f32. Elsewhere than burn-flex in f32 the logits
+/// come from `logits` (the caller's product `[rows, vocab]`, in the layout it picks) through
 /// [`target_logprobs`].
 pub fn unembed_logprobs<B: Backend>(
     hidden: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
-    logits: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+    logits: impl FnOnce() -> Tensor<B, 2>,
 ) -> Tensor<B, 1> {
     #[cfg(feature = "flex")]
-    let (hidden, _weight, targets) = match unembed::unembed_logprobs(hidden, weight, targets) {
+    let targets = match unembed::unembed_logprobs(hidden, weight, targets) {
         Ok(logp) => return logp,
-        Err(inputs) => inputs,
+        Err((_, _, targets)) => targets,
     };
     #[cfg(not(feature = "flex"))]
-    let _ = weight;
-    target_logprobs(crate::precision::f32(logits(hidden)), targets)
+    let _ = (hidden, weight);
+    target_logprobs(crate::precision::f32(logits()), targets)
 }
 
 /// Grouped-query attention in the projections' layout: `q` `[batch, seq, heads · head_dim]`,

@@ -191,7 +191,7 @@ mod tests {
         let targets: Vec<i64> = (0..ROWS).map(|i| (i * 11 % VOCAB) as i64).collect();
         let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(targets, [ROWS]), &device);
         let weight = embed.clone().transpose();
-        let logits = |rows: Tensor<A, 2>| rows.matmul(weight.clone());
+        let logits = || hidden.clone().matmul(weight.clone());
         let logp = super::super::unembed_logprobs(hidden.clone(), weight.clone(), targets, logits);
         let w = Tensor::<A, 1>::from_data(TensorData::new(values(3, ROWS), [ROWS]), &device);
         let grads = (logp.clone() * w).sum().backward();
