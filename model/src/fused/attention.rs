@@ -152,14 +152,15 @@ impl Dims {
 #[derive(Debug)]
 struct Attention;
 
-/// Kept for the backward: the inputs (contiguous), the probabilities `[batch, heads, seq,
-/// kv_len]` and the sizes.
+/// Kept for the backward: the inputs and the mask (contiguous), the probabilities
+/// `[batch, heads, seq, kv_len]` and the sizes.
 #[derive(Debug, Clone)]
 struct Saved {
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
     probs: FlexTensor,
+    mask: FlexTensor,
     dims: Dims,
 }
 
@@ -196,12 +197,14 @@ fn tracked(
         OpsKind::Tracked(prep) => {
             let (out, probs) = forward(&q, &k, &v, mask, dims, true);
             let probs = probs.expect("kept when asked for");
+            let mask = mask.to_contiguous();
             prep.finish(
                 Saved {
                     q,
                     k,
                     v,
                     probs,
+                    mask,
                     dims,
                 },
                 out,
@@ -214,6 +217,28 @@ fn tracked(
 /// A buffer of `len` f32 whose every element the caller writes before reading it.
 fn unfilled(len: usize) -> Vec<f32> {
     Vec::with_capacity(len)
+}
+
+/// Query rows taken together: each block's products stop at the last column any of its rows
+/// may see (under a causal mask, half the scores on average are never computed).
+const ROW_BLOCK: usize = 32;
+
+/// The row blocks of one head's `[seq, kv_len]` mask: `(first row, rows, columns)`, columns
+/// being 1 + the last column that some row of the block may see (0 when none may see any).
+fn row_blocks(forbidden: &[u8], seq: usize, kv_len: usize) -> Vec<(usize, usize, usize)> {
+    (0..seq)
+        .step_by(ROW_BLOCK)
+        .map(|r0| {
+            let rows = ROW_BLOCK.min(seq - r0);
+            let block = &forbidden[r0 * kv_len..(r0 + rows) * kv_len];
+            let cols = block
+                .chunks(kv_len)
+                .map(|row| row.iter().rposition(|&f| f == 0).map_or(0, |c| c + 1))
+                .max()
+                .unwrap_or(0);
+            (r0, rows, cols)
+        })
+        .collect()
 }
 
 /// The output `[batch, seq, heads · head_dim]` and, when `keep_probs`, the probabilities
@@ -260,24 +285,44 @@ fn forward(
                 true => probs_buf.ptr().wrapping_add(bh * tile),
                 false => scratch.as_mut_ptr(),
             };
-            // SAFETY: every view lies in its buffer (sizes from `dims`), the tile at `p` and
-            // this head's output columns are this task's alone, and the tile is written whole
-            // (first product) before it is read.
-            unsafe {
-                let scores = MatMut::rows_of(p, 0, seq, kv_len, kv_len);
-                let (q_h, k_h) = (
-                    dims.q_head(q.as_ptr(), b, h),
-                    dims.kv_head(k.as_ptr(), b, kvh),
-                );
-                matmul(scores, false, q_h, k_h.t());
-                let rows = std::slice::from_raw_parts_mut(p, tile);
-                let forbidden = &forbidden[bh * tile..(bh + 1) * tile];
-                for (row, forbidden) in rows.chunks_mut(kv_len).zip(forbidden.chunks(kv_len)) {
-                    softmax_row(row, forbidden, dims.scale());
+            let forbidden = &forbidden[bh * tile..(bh + 1) * tile];
+            let scores = MatMut::rows_of(p, 0, seq, kv_len, kv_len);
+            let q_h = dims.q_head(q.as_ptr(), b, h);
+            let (k_h, v_h) = (
+                dims.kv_head(k.as_ptr(), b, kvh),
+                dims.kv_head(v.as_ptr(), b, kvh),
+            );
+            let out_h = dims.q_head_mut(out_buf.ptr(), b, h);
+            for (r0, rows, cols) in row_blocks(forbidden, seq, kv_len) {
+                let block = scores.sub(r0, rows, 0, kv_len);
+                // SAFETY: every view lies in its buffer (sizes from `dims`), the tile at `p`
+                // and this head's output columns are this task's alone; the block's scores are
+                // written (product, then zeros past `cols`) before they are read.
+                unsafe {
+                    if cols > 0 {
+                        let k_seen = k_h.sub(0, cols, 0, head_dim);
+                        matmul(
+                            block.sub(0, rows, 0, cols),
+                            false,
+                            q_h.sub(r0, rows, 0, head_dim),
+                            k_seen.t(),
+                        );
+                    }
+                    block.sub(0, rows, cols, kv_len - cols).fill_zero();
+                    let rows_of = std::slice::from_raw_parts_mut(p.add(r0 * kv_len), rows * kv_len);
+                    let forbidden = &forbidden[r0 * kv_len..(r0 + rows) * kv_len];
+                    for (row, forbidden) in rows_of.chunks_mut(kv_len).zip(forbidden.chunks(kv_len))
+                    {
+                        softmax_row(&mut row[..cols], &forbidden[..cols], dims.scale());
+                    }
+                    let out_block = out_h.sub(r0, rows, 0, head_dim);
+                    if cols > 0 {
+                        let probs = block.sub(0, rows, 0, cols).as_const();
+                        matmul(out_block, false, probs, v_h.sub(0, cols, 0, head_dim));
+                    } else {
+                        out_block.fill_zero();
+                    }
                 }
-                let probs = Mat::rows_of(p, 0, seq, kv_len, kv_len);
-                let v_h = dims.kv_head(v.as_ptr(), b, kvh);
-                matmul(dims.q_head_mut(out_buf.ptr(), b, h), false, probs, v_h);
             }
         },
     );
@@ -299,20 +344,23 @@ fn backward(grad: &FlexTensor, saved: &Saved, want: [bool; 3]) -> [Option<FlexTe
         k,
         v,
         probs,
+        mask,
         dims,
     } = saved;
     let dims = *dims;
     let [want_q, want_k, want_v] = want;
     let (q, k, v) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
     let (grad, probs) = (grad.storage::<f32>(), probs.storage::<f32>());
-    let (seq, kv_len, groups, tile) = (dims.seq, dims.kv_len, dims.groups(), dims.tile());
-    let q_len = dims.batch * seq * dims.heads * dims.head_dim;
-    let kv_len_total = dims.batch * kv_len * dims.kv_heads * dims.head_dim;
-    let sized = |want: bool, len: usize| unfilled(if want { len } else { 0 });
+    let forbidden = mask.storage::<u8>();
+    let (seq, kv_len, head_dim, tile) = (dims.seq, dims.kv_len, dims.head_dim, dims.tile());
+    let q_len = dims.batch * seq * dims.heads * head_dim;
+    let kv_total = dims.batch * kv_len * dims.kv_heads * head_dim;
+    // Zeros where a block sees no column; dK and dV are sums.
+    let zeros = |want: bool, len: usize| vec![0.0f32; if want { len } else { 0 }];
     let (mut dq, mut dk, mut dv) = (
-        sized(want_q, q_len),
-        sized(want_k, kv_len_total),
-        sized(want_v, kv_len_total),
+        zeros(want_q, q_len),
+        zeros(want_k, kv_total),
+        zeros(want_v, kv_total),
     );
     let (dq_buf, dk_buf, dv_buf) = (
         Shared::new(&mut dq),
@@ -325,60 +373,75 @@ fn backward(grad: &FlexTensor, saved: &Saved, want: [bool; 3]) -> [Option<FlexTe
     (0..dims.batch * dims.kv_heads)
         .into_par_iter()
         .for_each_init(
-            || unfilled(tile),
+            || unfilled(ROW_BLOCK * kv_len),
             |scratch, bk| {
                 let (b, kvh) = (bk / dims.kv_heads, bk % dims.kv_heads);
                 let (k_h, v_h) = (
                     dims.kv_head(k.as_ptr(), b, kvh),
                     dims.kv_head(v.as_ptr(), b, kvh),
                 );
+                let (dk_h, dv_h) = (
+                    dims.kv_head_mut(dk_buf.ptr(), b, kvh),
+                    dims.kv_head_mut(dv_buf.ptr(), b, kvh),
+                );
+                let groups = dims.groups();
                 for h in kvh * groups..(kvh + 1) * groups {
-                    let first = h == kvh * groups;
                     let bh = b * dims.heads + h;
-                    let p = Mat::rows_of(probs.as_ptr(), bh * tile, seq, kv_len, kv_len);
-                    let d_out = dims.q_head(grad.as_ptr(), b, h);
-                    // SAFETY: as in `forward`; dP is written whole into the scratch before it is
-                    // read, and dK and dV are written (first head) before they are added to.
-                    unsafe {
-                        if want_v {
-                            matmul(dims.kv_head_mut(dv_buf.ptr(), b, kvh), !first, p.t(), d_out);
-                        }
-                        if !(want_q || want_k) {
+                    let p_h = Mat::rows_of(probs.as_ptr(), bh * tile, seq, kv_len, kv_len);
+                    let (q_h, d_out) = (
+                        dims.q_head(q.as_ptr(), b, h),
+                        dims.q_head(grad.as_ptr(), b, h),
+                    );
+                    let dq_h = dims.q_head_mut(dq_buf.ptr(), b, h);
+                    let forbidden = &forbidden[bh * tile..(bh + 1) * tile];
+                    for (r0, rows, cols) in row_blocks(forbidden, seq, kv_len) {
+                        if cols == 0 {
                             continue;
                         }
-                        let ds_ptr = scratch.as_mut_ptr();
-                        matmul(
-                            MatMut::rows_of(ds_ptr, 0, seq, kv_len, kv_len),
-                            false,
-                            d_out,
-                            v_h.t(),
-                        );
-                        let ds = std::slice::from_raw_parts_mut(ds_ptr, tile);
-                        let p_rows = &probs[bh * tile..(bh + 1) * tile];
-                        for (d, p) in ds.chunks_mut(kv_len).zip(p_rows.chunks(kv_len)) {
-                            softmax_backward_row(d, p, dims.scale());
-                        }
-                        let ds = Mat::rows_of(ds_ptr, 0, seq, kv_len, kv_len);
-                        if want_q {
-                            matmul(dims.q_head_mut(dq_buf.ptr(), b, h), false, ds, k_h);
-                        }
-                        if want_k {
-                            let q_h = dims.q_head(q.as_ptr(), b, h);
-                            matmul(dims.kv_head_mut(dk_buf.ptr(), b, kvh), !first, ds.t(), q_h);
+                        let p = p_h.sub(r0, rows, 0, cols);
+                        let d_out = d_out.sub(r0, rows, 0, head_dim);
+                        let (k_seen, v_seen) =
+                            (k_h.sub(0, cols, 0, head_dim), v_h.sub(0, cols, 0, head_dim));
+                        // SAFETY: as in `forward`; dS is written whole into the scratch before it is
+                        // read; dK and dV start at 0.
+                        unsafe {
+                            if want_v {
+                                matmul(dv_h.sub(0, cols, 0, head_dim), true, p.t(), d_out);
+                            }
+                            if !(want_q || want_k) {
+                                continue;
+                            }
+                            let ds = MatMut::rows_of(scratch.as_mut_ptr(), 0, rows, cols, cols);
+                            matmul(ds, false, d_out, v_seen.t());
+                            let ds_rows =
+                                std::slice::from_raw_parts_mut(scratch.as_mut_ptr(), rows * cols);
+                            let p_rows = &probs[bh * tile + r0 * kv_len..];
+                            for (i, d) in ds_rows.chunks_mut(cols).enumerate() {
+                                softmax_backward_row(
+                                    d,
+                                    &p_rows[i * kv_len..i * kv_len + cols],
+                                    dims.scale(),
+                                );
+                            }
+                            let ds = ds.as_const();
+                            if want_q {
+                                matmul(dq_h.sub(r0, rows, 0, head_dim), false, ds, k_seen);
+                            }
+                            if want_k {
+                                matmul(
+                                    dk_h.sub(0, cols, 0, head_dim),
+                                    true,
+                                    ds.t(),
+                                    q_h.sub(r0, rows, 0, head_dim),
+                                );
+                            }
                         }
                     }
                 }
             },
         );
-    // SAFETY: every wanted buffer was written whole by the tasks (each head's columns, each kv
-    // head's columns by its first query head).
-    unsafe {
-        dq.set_len(if want_q { q_len } else { 0 });
-        dk.set_len(if want_k { kv_len_total } else { 0 });
-        dv.set_len(if want_v { kv_len_total } else { 0 });
-    }
-    let q_shape = vec![dims.batch, seq, dims.heads * dims.head_dim];
-    let kv_shape = vec![dims.batch, kv_len, dims.kv_heads * dims.head_dim];
+    let q_shape = vec![dims.batch, seq, dims.heads * head_dim];
+    let kv_shape = vec![dims.batch, kv_len, dims.kv_heads * head_dim];
     [
         want_q.then(|| tensor(dq, q_shape)),
         want_k.then(|| tensor(dk, kv_shape.clone())),
@@ -431,7 +494,8 @@ mod tests {
 
     // Two kv heads read by two query heads each.
     const BATCH: usize = 2;
-    const SEQ: usize = 5;
+    // Three row blocks (32, 32, 6 rows) of the products.
+    const SEQ: usize = 70;
     const HEADS: usize = 4;
     const KV_HEADS: usize = 2;
     const HEAD_DIM: usize = 3;
@@ -442,13 +506,14 @@ mod tests {
             .collect()
     }
 
-    /// Causal, plus (when `masked_row`) every column of batch 1's position 2: a row that sees
-    /// nothing. `[batch, 1, seq, seq]`, stacked for the kv heads.
+    /// Causal, plus (when `masked_row`) every column of batch 1's position 2 (a row that sees
+    /// nothing) and of batch 0's last 6 positions (a row block that sees nothing).
+    /// `[batch, 1, seq, seq]`, stacked for the kv heads.
     fn mask<B: Backend>(masked_row: bool, device: &B::Device) -> Tensor<B, 4, Bool> {
         let forbidden: Vec<bool> = (0..BATCH * SEQ * SEQ)
             .map(|i| {
                 let (b, row, col) = (i / (SEQ * SEQ), (i / SEQ) % SEQ, i % SEQ);
-                col > row || (masked_row && b == 1 && row == 2)
+                col > row || (masked_row && ((b == 1 && row == 2) || (b == 0 && row >= 64)))
             })
             .collect();
         let mask = Tensor::from_data(TensorData::new(forbidden, [BATCH, 1, SEQ, SEQ]), device);

@@ -74,6 +74,17 @@ impl Mat {
         self.cols
     }
 
+    /// Rows `r0..r0 + rows`, columns `c0..c0 + cols`.
+    pub(super) fn sub(self, r0: usize, rows: usize, c0: usize, cols: usize) -> Self {
+        let offset = r0 as isize * self.rs + c0 as isize * self.cs;
+        Self {
+            ptr: self.ptr.wrapping_offset(offset),
+            rows,
+            cols,
+            ..self
+        }
+    }
+
     pub(super) fn t(self) -> Self {
         Self {
             rows: self.cols,
@@ -100,6 +111,42 @@ impl MatMut {
             cols,
             rs: rs as isize,
             cs: 1,
+        }
+    }
+}
+
+impl MatMut {
+    /// Rows `r0..r0 + rows`, columns `c0..c0 + cols`.
+    pub(super) fn sub(self, r0: usize, rows: usize, c0: usize, cols: usize) -> Self {
+        let offset = r0 as isize * self.rs + c0 as isize * self.cs;
+        Self {
+            ptr: self.ptr.wrapping_offset(offset),
+            rows,
+            cols,
+            ..self
+        }
+    }
+
+    pub(super) fn as_const(self) -> Mat {
+        Mat {
+            ptr: self.ptr,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+
+    /// Every element set to 0.
+    ///
+    /// # Safety
+    /// The view lies in a live buffer that no other thread touches meanwhile.
+    pub(super) unsafe fn fill_zero(self) {
+        for i in 0..self.rows as isize {
+            for j in 0..self.cols as isize {
+                // SAFETY: the caller's.
+                unsafe { *self.ptr.offset(i * self.rs + j * self.cs) = 0.0 };
+            }
         }
     }
 }
