@@ -87,7 +87,7 @@ impl Dims {
             head_dim,
         };
         let fits = dims.batch * dims.seq * dims.kv_len * dims.kv_heads > 0
-            && dims.heads % dims.kv_heads == 0
+            && dims.heads.is_multiple_of(dims.kv_heads)
             && q_width == dims.heads * head_dim
             && kv_width == dims.kv_heads * head_dim;
         fits.then_some(dims)
