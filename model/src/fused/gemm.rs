@@ -14,22 +14,14 @@ pub(super) struct Mat {
     cs: isize,
 }
 
-/// A writable [`Mat`].
+/// A writable [`Mat`] (built from a `*mut` pointer, which it keeps as the view's).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct MatMut {
-    ptr: *mut f32,
-    rows: usize,
-    cols: usize,
-    rs: isize,
-    cs: isize,
-}
+pub(super) struct MatMut(Mat);
 
 // SAFETY: views into buffers that outlive the parallel loops using them; the fused ops give each
-// task disjoint blocks to write (documented where they split the work).
+// task disjoint blocks to write (documented where they split the work). `MatMut` follows.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
-unsafe impl Send for MatMut {}
-unsafe impl Sync for MatMut {}
 
 impl Mat {
     /// Rows of `cols` at `offset`, row stride `rs`, column stride 1.
@@ -105,36 +97,20 @@ impl MatMut {
         cols: usize,
         rs: usize,
     ) -> Self {
-        Self {
-            ptr: base.wrapping_add(offset),
-            rows,
-            cols,
-            rs: rs as isize,
-            cs: 1,
-        }
+        Self(Mat::rows_of(base, offset, rows, cols, rs))
     }
-}
 
-impl MatMut {
     /// Rows `r0..r0 + rows`, columns `c0..c0 + cols`.
     pub(super) fn sub(self, r0: usize, rows: usize, c0: usize, cols: usize) -> Self {
-        let offset = r0 as isize * self.rs + c0 as isize * self.cs;
-        Self {
-            ptr: self.ptr.wrapping_offset(offset),
-            rows,
-            cols,
-            ..self
-        }
+        Self(self.0.sub(r0, rows, c0, cols))
     }
 
     pub(super) fn as_const(self) -> Mat {
-        Mat {
-            ptr: self.ptr,
-            rows: self.rows,
-            cols: self.cols,
-            rs: self.rs,
-            cs: self.cs,
-        }
+        self.0
+    }
+
+    fn ptr(self) -> *mut f32 {
+        self.0.ptr.cast_mut()
     }
 
     /// Every element set to 0.
@@ -142,10 +118,13 @@ impl MatMut {
     /// # Safety
     /// The view lies in a live buffer that no other thread touches meanwhile.
     pub(super) unsafe fn fill_zero(self) {
-        for i in 0..self.rows as isize {
-            for j in 0..self.cols as isize {
+        let Mat {
+            rows, cols, rs, cs, ..
+        } = self.0;
+        for i in 0..rows as isize {
+            for j in 0..cols as isize {
                 // SAFETY: the caller's.
-                unsafe { *self.ptr.offset(i * self.rs + j * self.cs) = 0.0 };
+                unsafe { *self.ptr().offset(i * rs + j * cs) = 0.0 };
             }
         }
     }
@@ -209,6 +188,7 @@ pub(super) fn product(a: Mat, b: Mat) -> burn::backend::flex::FlexTensor {
 }
 
 unsafe fn gemm_call(dst: MatMut, accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
+    let (dst_ptr, dst) = (dst.ptr(), dst.0);
     assert!(
         a.cols == b.rows && dst.rows == a.rows && dst.cols == b.cols,
         "matmul: [{}, {}] · [{}, {}] into [{}, {}]",
@@ -223,7 +203,7 @@ unsafe fn gemm_call(dst: MatMut, accumulate: bool, a: Mat, b: Mat, threads: gemm
     // when `accumulate` (dst := 1·dst + 1·a·b).
     unsafe {
         gemm::gemm(
-            dst.rows, dst.cols, a.cols, dst.ptr, dst.cs, dst.rs, accumulate, a.ptr, a.cs, a.rs,
+            dst.rows, dst.cols, a.cols, dst_ptr, dst.cs, dst.rs, accumulate, a.ptr, a.cs, a.rs,
             b.ptr, b.cs, b.rs, 1.0f32, 1.0f32, false, false, false, threads,
         );
     }
