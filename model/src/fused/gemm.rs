@@ -168,13 +168,19 @@ pub(super) unsafe fn matmul_parallel(dst: MatMut, accumulate: bool, a: Mat, b: M
     unsafe { gemm_call(dst, accumulate, a, b, gemm::Parallelism::Rayon(0)) }
 }
 
-/// `a · b` as a new row-major burn-flex tensor, on every thread of the rayon pool (gemm writes
-/// every element; no zero-filled buffer first).
+/// `a · b` as a new row-major burn-flex tensor, on every thread of the rayon pool.
 pub(super) fn product(a: Mat, b: Mat) -> burn::backend::flex::FlexTensor {
+    let shape = vec![a.rows, b.cols];
+    super::tensor(product_values(a, b), shape)
+}
+
+/// `a · b` row-major, on every thread of the rayon pool (gemm writes every element; no
+/// zero-filled buffer first).
+pub(super) fn product_values(a: Mat, b: Mat) -> Vec<f32> {
     let (rows, cols) = (a.rows, b.cols);
     let mut out = Vec::with_capacity(rows * cols);
-    // SAFETY: `a` and `b` are views of live tensors (their constructors' contract); `out` has
-    // room for the product, which gemm writes whole before the length is set.
+    // SAFETY: `a` and `b` are views of live tensors or buffers (their constructors' contract);
+    // `out` has room for the product, which gemm writes whole before the length is set.
     unsafe {
         matmul_parallel(
             MatMut::rows_of(out.as_mut_ptr(), 0, rows, cols, cols),
@@ -184,7 +190,7 @@ pub(super) fn product(a: Mat, b: Mat) -> burn::backend::flex::FlexTensor {
         );
         out.set_len(rows * cols);
     }
-    super::tensor(out, vec![rows, cols])
+    out
 }
 
 unsafe fn gemm_call(dst: MatMut, accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {

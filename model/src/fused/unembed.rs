@@ -1,9 +1,15 @@
 //! The completion log-probs straight from the final hidden states on burn-flex: the logits
 //! `h · W` by one GEMM on every thread into a reused buffer ([`Pooled`]), then the per-row pass
-//! of [`super::logprobs`]. The backward writes d logits = g · (onehot - softmax) over the kept
-//! logits and multiplies them back: dh = d logits · Wᵀ, dW = hᵀ · d logits. burn-flex's matmul
-//! zero-fills each output and copies it once more to align it, and at this size every chunk's
-//! logits and their gradient were fresh pages the kernel zeroed.
+//! of [`super::logprobs`]. d logit = g · (onehot - softmax) for each row's gradient g, so
+//! dh = d logits · Wᵀ and dW = hᵀ · d logits. burn-flex's matmul zero-fills each output and
+//! copies it once more to align it, and at this size every chunk's logits and their gradient
+//! were fresh pages the kernel zeroed.
+//!
+//! When the weight takes no gradient (LoRA, a frozen or LoRA-off reference under autodiff),
+//! nothing but dh is wanted, and it is linear in g row by row: the forward forms
+//! (onehot - softmax) · Wᵀ per row while the logits are at hand and keeps that `[rows, width]`
+//! for the backward, which only scales it; the `[rows, vocab]` logits go back to the pool at
+//! once. Same products, a vocabulary-sized buffer less per chunk held until the backward.
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -17,7 +23,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::exp::scaled_exp_in_place;
-use super::gemm::{Mat, MatMut, matmul_parallel, product};
+use super::gemm::{Mat, MatMut, matmul_parallel, product, product_values};
 use super::logprobs::{log_probs, target_ids};
 use super::pool::Pooled;
 use super::{AutodiffTensor, FlexKind, cast, flex_kind, tensor};
@@ -53,15 +59,24 @@ pub(super) fn unembed_logprobs<B: Backend>(
 #[derive(Debug)]
 struct Unembed;
 
-/// Kept for the backward: both operands (the hidden states contiguous, the weight as given),
-/// the logits, the target ids and each row's max and Σ exp(logit - max).
+/// Kept for the backward.
 #[derive(Debug, Clone)]
-struct Saved {
-    hidden: FlexTensor,
-    weight: FlexTensor,
-    logits: Arc<Pooled>,
-    targets: Arc<Vec<usize>>,
-    stats: Arc<Vec<(f32, f32)>>,
+enum Saved {
+    /// Either operand may want its gradient: both operands (the hidden states contiguous, the
+    /// weight as given), the logits, the target ids and each row's max and Σ exp(logit - max).
+    Logits {
+        hidden: FlexTensor,
+        weight: FlexTensor,
+        logits: Arc<Pooled>,
+        targets: Arc<Vec<usize>>,
+        stats: Arc<Vec<(f32, f32)>>,
+    },
+    /// Only the hidden states want theirs: d hidden per unit of each row's gradient,
+    /// (onehot - softmax) · Wᵀ, `[rows, width]` row-major.
+    Frozen {
+        direction: Arc<Vec<f32>>,
+        width: usize,
+    },
 }
 
 impl Backward<Flex, 2> for Unembed {
@@ -71,7 +86,35 @@ impl Backward<Flex, 2> for Unembed {
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let [node_hidden, node_weight] = ops.parents;
         let want = [node_hidden.is_some(), node_weight.is_some()];
-        let [d_hidden, d_weight] = backward(ops.state, grad.storage::<f32>(), want);
+        let [d_hidden, d_weight] = match ops.state {
+            Saved::Logits {
+                hidden,
+                weight,
+                logits,
+                targets,
+                stats,
+            } => {
+                let logits = Arc::try_unwrap(logits).unwrap_or_else(|shared| {
+                    let mut copy = Pooled::take(shared.len());
+                    copy.copy_from_slice(&shared);
+                    copy
+                });
+                let logits = Logits {
+                    values: logits,
+                    targets: &targets,
+                    stats: &stats,
+                };
+                backward(&hidden, &weight, logits, grad.storage::<f32>(), want)
+            }
+            Saved::Frozen { direction, width } => {
+                let mut d = Arc::unwrap_or_clone(direction);
+                let grad = grad.storage::<f32>();
+                d.par_chunks_mut(width)
+                    .zip(grad.par_iter())
+                    .for_each(|(row, &g)| row.iter_mut().for_each(|x| *x *= g));
+                [Some(tensor(d, vec![grad.len(), width])), None]
+            }
+        };
         for (node, grad) in [(node_hidden, d_hidden), (node_weight, d_weight)] {
             if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<Flex>(node.id, grad);
@@ -81,6 +124,7 @@ impl Backward<Flex, 2> for Unembed {
 }
 
 fn tracked(hidden: AutodiffTensor, weight: AutodiffTensor, targets: Vec<usize>) -> AutodiffTensor {
+    let frozen = weight.node.requirement.is_none();
     let nodes = [hidden.node.clone(), weight.node.clone()];
     let h = hidden.primitive.to_contiguous();
     match Unembed
@@ -90,12 +134,26 @@ fn tracked(hidden: AutodiffTensor, weight: AutodiffTensor, targets: Vec<usize>) 
     {
         OpsKind::Tracked(prep) => {
             let (logp, logits, stats) = forward(&h, &weight.primitive, &targets);
-            let saved = Saved {
-                hidden: h,
-                weight: weight.primitive,
-                logits: Arc::new(logits),
-                targets: Arc::new(targets),
-                stats: Arc::new(stats),
+            let saved = if frozen {
+                let logits = Logits {
+                    values: logits,
+                    targets: &targets,
+                    stats: &stats,
+                };
+                let width = h.layout().shape()[1];
+                let direction = logits.unit_gradient(Mat::of(&weight.primitive));
+                Saved::Frozen {
+                    direction: Arc::new(direction),
+                    width,
+                }
+            } else {
+                Saved::Logits {
+                    hidden: h,
+                    weight: weight.primitive,
+                    logits: Arc::new(logits),
+                    targets: Arc::new(targets),
+                    stats: Arc::new(stats),
+                }
             };
             prep.finish(saved, logp)
         }
@@ -127,33 +185,51 @@ fn forward(
     (tensor(logp, vec![rows]), logits, stats)
 }
 
+/// One chunk's logits `[rows, vocab]` with what the forward learnt of them.
+struct Logits<'a> {
+    values: Pooled,
+    targets: &'a [usize],
+    stats: &'a [(f32, f32)],
+}
+
+impl Logits<'_> {
+    /// Overwrites the logits with their gradient, g_i · (onehot - softmax) on row i.
+    fn into_gradient(mut self, grad: impl Fn(usize) -> f32 + Sync) -> Pooled {
+        let vocab = self.values.len() / self.targets.len();
+        let (targets, stats) = (self.targets, self.stats);
+        self.values
+            .par_chunks_mut(vocab)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let ((max, sum), g) = (stats[i], grad(i));
+                scaled_exp_in_place(row, max, -g / sum);
+                row[targets[i]] += g;
+            });
+        self.values
+    }
+
+    /// (onehot - softmax) · Wᵀ for `weight` `[width, vocab]`: `[rows, width]` row-major.
+    fn unit_gradient(self, weight: Mat) -> Vec<f32> {
+        let rows = self.targets.len();
+        let d = self.into_gradient(|_| 1.0);
+        let d = Mat::rows_of(d.as_ptr(), 0, rows, weight.cols(), weight.cols());
+        product_values(d, weight.t())
+    }
+}
+
 /// d hidden `[rows, width]` and d weight `[width, vocab]`, those `want` asks for, from the
 /// gradient of the log-probs `[rows]`.
-fn backward(saved: Saved, grad: &[f32], want: [bool; 2]) -> [Option<FlexTensor>; 2] {
-    let Saved {
-        hidden,
-        weight,
-        logits,
-        targets,
-        stats,
-    } = saved;
-    // The logits' last use: their gradient overwrites them (a copy only if the state was
-    // cloned, which burn's autodiff does not do).
-    let mut d_logits = Arc::try_unwrap(logits).unwrap_or_else(|shared| {
-        let mut copy = Pooled::take(shared.len());
-        copy.copy_from_slice(&shared);
-        copy
-    });
-    let (h, w) = (Mat::of(&hidden), Mat::of(&weight));
+fn backward(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    logits: Logits,
+    grad: &[f32],
+    want: [bool; 2],
+) -> [Option<FlexTensor>; 2] {
+    let (h, w) = (Mat::of(hidden), Mat::of(weight));
     let (rows, vocab) = (h.rows(), w.cols());
-    d_logits
-        .par_chunks_mut(vocab)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let (max, sum) = stats[i];
-            scaled_exp_in_place(row, max, -grad[i] / sum);
-            row[targets[i]] += grad[i];
-        });
+    // The logits' last use: their gradient overwrites them.
+    let d_logits = logits.into_gradient(|i| grad[i]);
     let d = Mat::rows_of(d_logits.as_ptr(), 0, rows, vocab, vocab);
     let [want_hidden, want_weight] = want;
     [
@@ -179,15 +255,17 @@ mod tests {
     }
 
     /// Log-probs and the gradients of hidden and weight for Σ w·logp on backend `A`, the weight
-    /// given as the transposed view of `[vocab, width]` (as a tied embedding is).
-    fn run<A: AutodiffBackend>() -> Vec<Vec<f32>> {
+    /// given as the transposed view of `[vocab, width]` (as a tied embedding is); with `frozen`
+    /// the weight takes no gradient (LoRA) and only the first two come back.
+    fn run<A: AutodiffBackend>(frozen: bool) -> Vec<Vec<f32>> {
         let device = Default::default();
         let leaf = |seed, shape: [usize; 2]| {
             let n = shape[0] * shape[1];
             Tensor::<A, 2>::from_data(TensorData::new(values(seed, n), shape), &device)
-                .require_grad()
         };
-        let (hidden, embed) = (leaf(1, [ROWS, WIDTH]), leaf(2, [VOCAB, WIDTH]));
+        let hidden = leaf(1, [ROWS, WIDTH]).require_grad();
+        let embed = leaf(2, [VOCAB, WIDTH]);
+        let embed = if frozen { embed } else { embed.require_grad() };
         let targets: Vec<i64> = (0..ROWS).map(|i| (i * 11 % VOCAB) as i64).collect();
         let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(targets, [ROWS]), &device);
         let weight = embed.clone().transpose();
@@ -196,20 +274,24 @@ mod tests {
         let w = Tensor::<A, 1>::from_data(TensorData::new(values(3, ROWS), [ROWS]), &device);
         let grads = (logp.clone() * w).sum().backward();
         let host = |t: Tensor<A::InnerBackend, 2>| t.into_data().into_vec::<f32>().unwrap();
-        vec![
+        let mut out = vec![
             logp.inner().into_data().into_vec::<f32>().unwrap(),
             host(hidden.grad(&grads).unwrap()),
-            host(embed.grad(&grads).unwrap()),
-        ]
+        ];
+        if frozen {
+            assert!(
+                embed.grad(&grads).is_none(),
+                "a frozen weight got a gradient"
+            );
+        } else {
+            out.push(host(embed.grad(&grads).unwrap()));
+        }
+        out
     }
 
-    #[test]
-    fn fused_unembedding_log_probs_and_gradients_match_the_tensor_ops() {
-        let want = run::<Autodiff<NdArray>>();
-        let got = run::<Autodiff<Flex>>();
-        // Again, now on buffers the pool kept from the first run (holding its values).
-        assert_eq!(run::<Autodiff<Flex>>(), got);
-        for ((name, got), want) in ["logp", "d hidden", "d weight"].iter().zip(&got).zip(&want) {
+    fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>]) {
+        assert_eq!(got.len(), want.len());
+        for ((name, got), want) in ["logp", "d hidden", "d weight"].iter().zip(got).zip(want) {
             assert_eq!(got.len(), want.len(), "{name}");
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
                 assert!(
@@ -218,5 +300,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fused_unembedding_log_probs_and_gradients_match_the_tensor_ops() {
+        let got = run::<Autodiff<Flex>>(false);
+        // Again, now on buffers the pool kept from the first run (holding its values).
+        assert_eq!(run::<Autodiff<Flex>>(false), got);
+        assert_close(&got, &run::<Autodiff<NdArray>>(false));
+    }
+
+    /// The frozen weight's path: d hidden formed in the forward, only scaled in the backward.
+    #[test]
+    fn with_a_frozen_weight_d_hidden_still_matches_the_tensor_ops() {
+        let got = run::<Autodiff<Flex>>(true);
+        assert_eq!(got.len(), 2);
+        assert_close(&got, &run::<Autodiff<NdArray>>(true));
     }
 }
