@@ -33,3 +33,11 @@ pub use shared_prompt::SharedPrompts;
 pub use tokenizer::{ChatMessage, LlamaTokenizer};
 pub use weights::save::{save_hf_dir, save_lora_adapters, write_dir_atomically};
 pub use weights::{Pretrained, load_pretrained, load_tokenizer};
+
+/// burn-ndarray has one random generator per process: the unit tests that seed it and draw
+/// from it hold this lock, or a test running beside them could draw from their stream.
+#[cfg(test)]
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

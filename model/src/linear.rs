@@ -210,6 +210,7 @@ mod tests {
 
     #[test]
     fn host_dropout_keeps_95_percent_scaled_and_follows_the_backend_seed() {
+        let _rng = crate::rng_lock();
         let a = draw(7);
         let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
         // 100 000 draws: the standard deviation of the kept fraction is 0.0007.

@@ -459,6 +459,7 @@ mod tests {
 
     #[test]
     fn a_seeded_model_draws_burns_distributions_from_its_seed_alone() {
+        let _rng = crate::rng_lock();
         let c = LlamaConfig::preset("tiny").unwrap();
         let a = c.init_seeded::<B>(3, &Default::default());
         // Drawing from the backend's generator in between changes nothing.

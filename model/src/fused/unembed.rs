@@ -62,21 +62,25 @@ struct Unembed;
 /// Kept for the backward.
 #[derive(Debug, Clone)]
 enum Saved {
-    /// Either operand may want its gradient: both operands (the hidden states contiguous, the
-    /// weight as given), the logits, the target ids and each row's max and Σ exp(logit - max).
-    Logits {
-        hidden: FlexTensor,
-        weight: FlexTensor,
-        logits: Arc<Pooled>,
-        targets: Arc<Vec<usize>>,
-        stats: Arc<Vec<(f32, f32)>>,
-    },
+    /// Either operand may want its gradient.
+    Logits(Box<Kept>),
     /// Only the hidden states want theirs: d hidden per unit of each row's gradient,
     /// (onehot - softmax) · Wᵀ, `[rows, width]` row-major.
     Frozen {
         direction: Arc<Vec<f32>>,
         width: usize,
     },
+}
+
+/// Both operands (the hidden states contiguous, the weight as given), the logits, the target
+/// ids and each row's max and Σ exp(logit - max).
+#[derive(Debug, Clone)]
+struct Kept {
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    logits: Arc<Pooled>,
+    targets: Arc<Vec<usize>>,
+    stats: Arc<Vec<(f32, f32)>>,
 }
 
 impl Backward<Flex, 2> for Unembed {
@@ -87,13 +91,14 @@ impl Backward<Flex, 2> for Unembed {
         let [node_hidden, node_weight] = ops.parents;
         let want = [node_hidden.is_some(), node_weight.is_some()];
         let [d_hidden, d_weight] = match ops.state {
-            Saved::Logits {
-                hidden,
-                weight,
-                logits,
-                targets,
-                stats,
-            } => {
+            Saved::Logits(kept) => {
+                let Kept {
+                    hidden,
+                    weight,
+                    logits,
+                    targets,
+                    stats,
+                } = *kept;
                 let logits = Arc::try_unwrap(logits).unwrap_or_else(|shared| {
                     let mut copy = Pooled::take(shared.len());
                     copy.copy_from_slice(&shared);
@@ -147,13 +152,13 @@ fn tracked(hidden: AutodiffTensor, weight: AutodiffTensor, targets: Vec<usize>) 
                     width,
                 }
             } else {
-                Saved::Logits {
+                Saved::Logits(Box::new(Kept {
                     hidden: h,
                     weight: weight.primitive,
                     logits: Arc::new(logits),
                     targets: Arc::new(targets),
                     stats: Arc::new(stats),
-                }
+                }))
             };
             prep.finish(saved, logp)
         }
