@@ -6,6 +6,7 @@
 //!     --task hh-rlhf --files ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --skip-invalid
 //! cargo run --release --bin train -- --config run.toml --print-config
 //! cargo run --release --features cuda --bin train -- --devices cuda:0,cuda:1 --accumulation 8
+//! scripts/multinode.sh 2 -- --max-steps 20            # 2 nodes on this machine (loopback)
 
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use clap::Parser;
 use decpo_model::Precision;
 
 use decpo::backend::{self, Autodiff, device};
-use decpo::run::cli::{ConfigArgs, DataArgs, MethodArgs, TrainArgs};
+use decpo::run::cli::{ConfigArgs, DataArgs, MethodArgs, NodeArgs, TrainArgs};
 use decpo::run::job::{self, Launch};
 use decpo::run::{RunConfig, embedded};
 
@@ -52,6 +53,8 @@ struct Args {
     method: MethodArgs,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    distributed: NodeArgs,
 }
 
 /// The configuration: embedded default job, or a file, or the authors' defaults; then flags.
@@ -71,6 +74,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
     args.data.apply(&mut c);
     args.method.apply(&mut c);
     args.train.apply(&mut c);
+    args.distributed.apply(&mut c);
     Ok(c)
 }
 

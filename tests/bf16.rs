@@ -221,6 +221,7 @@ fn train_bf16(init: &Llama<FA>, dir: &std::path::Path, resume: bool) -> Vec<Vec<
         resume,
         dashboard: false,
         model_key: "bf16 resume",
+        nodes: None,
     };
     let result = train(init.clone(), train_set, eval_set, &spec, &[device()]).unwrap();
     let up = &result.policy.layers[1].mlp.up_proj.base.weight;

@@ -75,6 +75,7 @@ fn run_on(
             resume,
             dashboard: false,
             model_key: "test",
+            nodes: None,
         },
         &vec![Default::default(); workers],
     )
@@ -277,6 +278,7 @@ fn decpo_learns_the_sorting_preference_on_held_out_pairs() {
             resume: false,
             dashboard: false,
             model_key: "learns",
+            nodes: None,
         }
     }
     let (sft_dir, decpo_dir) = (dir.path().join("sft"), dir.path().join("decpo"));
@@ -384,6 +386,7 @@ fn lambda_ratio_holds_on_step_one(reference: ReferenceMode) {
             resume,
             dashboard: false,
             model_key: "test",
+            nodes: None,
         };
         train(model(3), train_set, eval_set, &spec, &[Default::default()]).unwrap()
     };

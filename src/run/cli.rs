@@ -154,6 +154,43 @@ impl TrainArgs {
     }
 }
 
+/// The `[distributed]` flags of `train`: this process as one node of several.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// Nodes training together (processes, usually one per machine); every node is started
+    /// with the same model, data, settings and --out, and its own --rank.
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// This node's place, 0..nodes (node 0 hosts the orchestrator and writes the run's files).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// The orchestrator's address, ws://HOST:PORT (node 0 listens on PORT).
+    #[arg(long)]
+    pub orchestrator: Option<String>,
+    /// This node's address for the other nodes, ws://HOST:PORT (it listens on PORT).
+    #[arg(long)]
+    pub node_address: Option<String>,
+    /// Seconds to wait for the other nodes before stopping with an error.
+    #[arg(long)]
+    pub node_timeout: Option<f64>,
+}
+
+impl NodeArgs {
+    /// Sets the fields of `c.distributed` that a flag names.
+    pub fn apply(&self, c: &mut RunConfig) {
+        let d = &mut c.distributed;
+        d.nodes = self.nodes.unwrap_or(d.nodes);
+        d.rank = self.rank.unwrap_or(d.rank);
+        if let Some(a) = &self.orchestrator {
+            d.orchestrator.clone_from(a);
+        }
+        if let Some(a) = &self.node_address {
+            d.node_address.clone_from(a);
+        }
+        d.node_timeout = self.node_timeout.unwrap_or(d.node_timeout);
+    }
+}
+
 /// The `[objective]`, `[lora]` and `[sft]` flags of `train`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct MethodArgs {

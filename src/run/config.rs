@@ -1,10 +1,12 @@
-//! The configuration of a run: one tree (`[data]`, `[sft]`, `[objective]`, `[lora]`, `[train]`)
+//! The configuration of a run: one tree (`[data]`, `[sft]`, `[objective]`, `[lora]`, `[train]`,
+//! `[distributed]`)
 //! with its defaults and validation, read from and saved as the run's `config.toml`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use decpo_alignment::ObjectiveConfig;
+use decpo_alignment::train::nodes::NodeSettings;
 use decpo_alignment::train::session::TrainSettings;
 use decpo_datasets::{ColumnMap, Task, Template};
 use decpo_model::weights::save::write_file_atomically;
@@ -37,6 +39,9 @@ pub struct RunConfig {
     /// LoRA adapters; absent = full fine-tuning.
     pub lora: Option<LoraConfig>,
     pub train: TrainSettings,
+    /// Several nodes training together (absent: this machine alone).
+    #[serde(skip_serializing_if = "NodeSettings::is_single")]
+    pub distributed: NodeSettings,
 }
 
 impl Default for RunConfig {
@@ -53,6 +58,7 @@ impl Default for RunConfig {
             objective: ObjectiveConfig::default(),
             lora: None,
             train: TrainSettings::default(),
+            distributed: NodeSettings::default(),
         }
     }
 }

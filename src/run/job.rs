@@ -273,8 +273,13 @@ pub fn run<B: AutodiffBackend>(
         name: model_name,
     } = loaded;
     let (train_set, eval_set) = (data.train, data.eval);
-    c.save()?;
-    write_heldout(&c.out, &eval_set.pairs)?;
+    c.distributed.validate()?;
+    // Every node of a multi-node run has the same run directory; node 0 writes its files.
+    let writes = c.distributed.rank == 0;
+    if writes {
+        c.save()?;
+        write_heldout(&c.out, &eval_set.pairs)?;
+    }
     let policy = match &c.sft {
         Some(sft) => sft_phase(c, sft, model, &train_set, &eval_set, &model_name, launch)?,
         None => model,
@@ -311,6 +316,7 @@ pub fn run<B: AutodiffBackend>(
         resume: launch.resume,
         dashboard: launch.dashboard,
         model_key: &key,
+        nodes: Some(&c.distributed),
     };
     let result = train(policy, train_set, eval_set.clone(), &spec, launch.devices)?;
     let trained = result.policy;
@@ -318,14 +324,20 @@ pub fn run<B: AutodiffBackend>(
     if let Some(calibration) = result.calibration {
         // λ was set by the first step's gradients: the run's configuration and its held-out
         // losses (evaluated with the λ given before it was known) say which.
-        with_lambda(c, calibration.lambda).save()?;
+        if writes {
+            with_lambda(c, calibration.lambda).save()?;
+        }
         for v in [&mut eval_before, &mut eval_after] {
             v.loss = v.loss_pref + calibration.lambda * v.loss_reg;
         }
     }
 
     let merged = trained.merge_lora();
-    let (exported, adapters) = export(c, &trained, &merged, &tok, &model_name)?;
+    let (exported, adapters) = if writes {
+        export(c, &trained, &merged, &tok, &model_name)?
+    } else {
+        (c.out.join("model"), None)
+    };
     let summary = Summary {
         model: model_name,
         steps: result.report.steps_done,
@@ -341,7 +353,9 @@ pub fn run<B: AutodiffBackend>(
         adapters,
         calibration: result.calibration,
     };
-    summary.save(&c.out)?;
+    if writes {
+        summary.save(&c.out)?;
+    }
     Ok(JobOutput {
         summary,
         initial,
@@ -390,6 +404,7 @@ fn sft_phase<B: AutodiffBackend>(
         resume: launch.resume,
         dashboard: launch.dashboard,
         model_key: &format!("{model_name} {} sft", c.dtype),
+        nodes: Some(&c.distributed),
     };
     let result = train(
         policy,

@@ -139,16 +139,23 @@ impl<B: Backend> StepLoader<B> {
         }
     }
 
-    /// One loader per device: shard `i` of every step, on `devices[i]`.
-    pub fn shards(&self, devices: &[B::Device]) -> Vec<Arc<dyn DataLoader<B, StepInput<B>>>> {
+    /// One loader per device: shard `first + i` of `all` shards of every step on `devices[i]`
+    /// (`first` 0 and `all` the number of devices on one machine; on several nodes, the
+    /// numbers of this node's workers among all nodes' workers).
+    pub fn shards(
+        &self,
+        devices: &[B::Device],
+        first: usize,
+        all: usize,
+    ) -> Vec<Arc<dyn DataLoader<B, StepInput<B>>>> {
         devices
             .iter()
             .enumerate()
             .map(|(i, device)| {
                 Arc::new(Self {
                     device: device.clone(),
-                    shard: i,
-                    shards: devices.len(),
+                    shard: first + i,
+                    shards: all,
                     ..self.clone()
                 }) as Arc<dyn DataLoader<B, StepInput<B>>>
             })

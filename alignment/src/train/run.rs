@@ -44,9 +44,11 @@ use burn::train::{
 use decpo_model::Llama;
 use serde::{Deserialize, Serialize};
 
+use crate::error::AlignError;
 use crate::measure::{LayerMeasure, measure_layers};
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::StepLoader;
+use crate::train::nodes::Nodes;
 use crate::train::schedule::WarmupSchedule;
 use crate::train::step::{DecpoModel, StepValues, finish_grads};
 
@@ -126,6 +128,9 @@ pub struct DecpoStrategy<B: AutodiffBackend> {
     /// (empty: none), right-padded with `pad_id`.
     pub probe: Vec<Vec<u32>>,
     pub pad_id: u32,
+    /// The other nodes of a multi-node run ([`crate::train::nodes`]): this node's workers are
+    /// numbers `rank · devices ..` of all nodes' workers in each step's shares and seeds.
+    pub nodes: Option<Arc<Nodes>>,
 }
 
 /// Folds `v` into the pair-weighted average `acc` (values of no pairs count for nothing).
@@ -262,8 +267,7 @@ impl<B: AutodiffBackend> DecpoStrategy<B> {
 }
 
 /// One step's gradients summed over the devices' outputs on `main`, in device order (a fixed
-/// order of the sums whatever order the workers finish in), clipped; with the merged values and
-/// the gradient norm.
+/// order of the sums whatever order the workers finish in), with the merged values.
 fn gather<B: AutodiffBackend>(
     model: &DecpoModel<B>,
     mut outputs: Vec<MultiTrainOutput<StepValues>>,
@@ -276,10 +280,7 @@ fn gather<B: AutodiffBackend>(
         sum.accumulate(model, o.output.grads.to_device(main, model));
         merge_values(&mut merged, o.output.item);
     }
-    let mut grads = sum.grads();
-    let mut values = merged.unwrap_or_default();
-    values.grad_norm = Some(finish_grads(model, &mut grads));
-    (grads, values)
+    (sum.grads(), merged.unwrap_or_default())
 }
 
 /// Why a run stops at `step` whose loss or gradient norm is not finite.
@@ -344,7 +345,13 @@ where
         let starting_epoch = self.resumed_from.map_or(1, |k| k + 1);
         let main = self.devices[0].clone();
         learner.fork(&main);
-        let shards = self.train.shards(&self.devices);
+        let (first_worker, all_workers) = match &self.nodes {
+            Some(n) => (n.settings().rank, n.settings().nodes),
+            None => (0, 1),
+        };
+        let local = self.devices.len();
+        let (first_worker, all_workers) = (first_worker * local, all_workers * local);
+        let shards = self.train.shards(&self.devices, first_worker, all_workers);
         let workers = MultiDevicesTrainStep::<Components<B, O>>::new(&self.devices);
         let mut processor = components.event_processor;
         let mut checkpointer = components.checkpointer;
@@ -369,13 +376,28 @@ where
             for i in 1..=last - first {
                 let step = first + i;
                 for (d, device) in self.devices.iter().enumerate() {
-                    B::seed(device, step_seed(self.seed, step, d));
+                    B::seed(device, step_seed(self.seed, step, first_worker + d));
                 }
                 learner.lr_step();
                 let t0 = Instant::now();
                 let model = learner.model();
                 let (outputs, _) = workers.step(&mut iters, &model);
-                let (grads, mut values) = gather(&model, outputs, &main);
+                let (mut grads, mut values) = gather(&model, outputs, &main);
+                if let Some(nodes) = &self.nodes {
+                    let inner = model.policy.embed_tokens.weight.val().inner().device();
+                    match nodes.sum_step(&model, grads, &values, step, &inner) {
+                        Ok(summed) => (grads, values) = summed,
+                        Err(e) => {
+                            failure = Some(match e {
+                                AlignError::Stopped(why) => why,
+                                e => e.to_string(),
+                            });
+                            interrupter.stop(failure.as_deref());
+                            break 'intervals;
+                        }
+                    }
+                }
+                values.grad_norm = Some(finish_grads(&model, &mut grads));
                 if !values.is_finite() {
                     failure = Some(non_finite(step, &values));
                     interrupter.stop(failure.as_deref());
@@ -405,7 +427,9 @@ where
         }
         // Dropping the checkpointer waits for its writes to finish.
         drop(checkpointer);
-        if failure.is_none() {
+        // (Only node 0 of a multi-node run writes and prunes checkpoints.)
+        let writes = (self.nodes.as_ref()).is_none_or(|n| n.settings().rank == 0);
+        if failure.is_none() && writes {
             failure = self.unwritten(asked, done, interrupter.get_message());
         }
         let mut report = self.report.lock().expect("report lock");

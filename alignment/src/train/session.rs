@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::AdamWConfig;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -23,6 +23,7 @@ use crate::train::calibrate::{Calibration, set_lambda};
 use crate::train::checkpoint::{AtomicRecorder, Checkpoints, KeepComplete, latest_checkpoint};
 use crate::train::data::{PairSet, StepLoader, StepPlan, plan_eval, plan_steps};
 use crate::train::metrics::ValueMetric;
+use crate::train::nodes::{NodeSettings, Nodes, fingerprint};
 use crate::train::reference::prepare_reference;
 use crate::train::restore::{Adam, restore};
 use crate::train::run::{DecpoStrategy, LoopReport, PlainRenderer, merge_values};
@@ -176,6 +177,9 @@ pub struct RunSpec<'a> {
     pub dashboard: bool,
     /// Identifies the initial weights in the reference cache's file name (e.g. a model path).
     pub model_key: &'a str,
+    /// This node's place in a multi-node run (`None` or one node: this machine alone). Every
+    /// node is given the same run directory; node 0 alone writes checkpoints.
+    pub nodes: Option<&'a NodeSettings>,
 }
 
 /// Number of optimizer steps a run over `n_pairs` training pairs takes.
@@ -217,11 +221,65 @@ fn start_state<B: AutodiffBackend>(
             device,
         )?,
         None => {
-            let _ = std::fs::remove_file(spec.dir.join("log.jsonl"));
+            let _ = std::fs::remove_file(spec.dir.join(log_name(spec)));
             (model, optim, schedule)
         }
     };
     Ok((model, optim, schedule, resumed_from))
+}
+
+/// This node's log in the run directory (`log.jsonl` on one node and on node 0).
+fn log_name(spec: &RunSpec) -> String {
+    spec.nodes
+        .map_or_else(|| "log.jsonl".into(), NodeSettings::log_name)
+}
+
+/// The nodes of a multi-node run, joined, once they agree that they were started alike.
+fn join_nodes<B: AutodiffBackend>(
+    spec: &RunSpec,
+    policy: &Llama<B>,
+    train_set: &PairSet,
+    workers: usize,
+    resumed_from: Option<usize>,
+) -> Result<Option<Arc<Nodes>>> {
+    let Some(settings) = spec.nodes.filter(|n| n.is_distributed()) else {
+        return Ok(None);
+    };
+    let inner = policy.valid();
+    let device = inner.embed_tokens.weight.device();
+    let nodes = Nodes::join::<B::InnerBackend>(settings, &device)?;
+    let text = |s: String| fingerprint(s.into_bytes());
+    let weights: f64 =
+        burn::tensor::ElementConversion::elem(inner.embed_tokens.weight.val().sum().into_scalar());
+    let data = train_set.pairs.iter().flat_map(|p| {
+        [&p.prompt_ids, &p.chosen_ids, &p.rejected_ids]
+            .into_iter()
+            .flat_map(|ids| {
+                ids.iter()
+                    .chain(&[u32::MAX])
+                    .flat_map(|id| id.to_le_bytes())
+            })
+    });
+    nodes.agree(&[
+        ("number of workers (--devices)", workers as u64),
+        (
+            "model",
+            text(format!("{:?} {}", policy.config, weights.to_bits())),
+        ),
+        ("training pairs", fingerprint(data)),
+        (
+            "settings ([objective], [train], [lora])",
+            text(format!(
+                "{:?} {:?} {:?}",
+                spec.objective, spec.train, spec.lora
+            )),
+        ),
+        (
+            "checkpoint to resume from",
+            resumed_from.map_or(u64::MAX, |k| k as u64),
+        ),
+    ])?;
+    Ok(Some(Arc::new(nodes)))
 }
 
 /// Checks the run's settings and makes `policy` trainable: LoRA adapters, or every weight
@@ -294,6 +352,9 @@ pub fn train<B: AutodiffBackend>(
     let lengths: Vec<usize> = train_set.pairs.iter().map(|p| p.max_len()).collect();
     let (batch, accumulation) = (s.micro_batch, s.accumulation);
     let plan = plan_steps(&lengths, batch, accumulation, s.epochs, s.seed, steps);
+    // Before the reference pass: a node started unlike the others stops here.
+    let resume_point = spec.resume.then(|| latest_checkpoint(spec.dir)).flatten();
+    let nodes = join_nodes(spec, &policy, &train_set, devices.len(), resume_point)?;
     let reference = prepare_reference(&policy, &mut train_set, &mut eval_set, &plan, spec)?;
     let probe = eval_set.prompts(s.probe_prompts);
     let pad_id = eval_set.ids.pad;
@@ -311,7 +372,7 @@ pub fn train<B: AutodiffBackend>(
     };
     let intervals = steps.div_ceil(s.save_every);
     let report = Arc::new(Mutex::new(LoopReport::default()));
-    let log_path: PathBuf = spec.dir.join("log.jsonl");
+    let log_path: PathBuf = spec.dir.join(log_name(spec));
     let (mut model, optim, schedule, resumed_from) = start_state(model, spec, steps, device)?;
     let calibration = set_lambda(
         &mut model,
@@ -339,10 +400,10 @@ pub fn train<B: AutodiffBackend>(
         report: report.clone(),
         probe,
         pad_id,
+        nodes,
     };
     let mut training = SupervisedTraining::new(spec.dir, Arc::new(train_loader), eval_loader)
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
-        .with_file_checkpointer(AtomicRecorder::default())
         .with_checkpointing_strategy(KeepComplete {
             inner: checkpointing(s.keep_last),
             checkpoints,
@@ -350,6 +411,9 @@ pub fn train<B: AutodiffBackend>(
         .with_metric_logger(InMemoryMetricLogger::default())
         .with_application_logger(None)
         .num_epochs(intervals);
+    if spec.nodes.is_none_or(|n| n.rank == 0) {
+        training = training.with_file_checkpointer(AtomicRecorder::default());
+    }
     for m in ValueMetric::all(true) {
         training = training.metric_train_numeric(m);
     }
