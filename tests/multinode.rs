@@ -305,3 +305,35 @@ fn nodes_started_with_different_numbers_of_nodes_are_refused() {
         "{results:?}"
     );
 }
+
+/// The orchestrator takes Ctrl-C over from the process: node 0 still stops at once on it.
+#[test]
+fn node_0_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args = node_args(dir.path(), 0, 2, port, &["--node-timeout", "120"]);
+    let started = Instant::now();
+    let child = start(&args);
+    // Once the orchestrator listens (and has taken the signal over).
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the orchestrator never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let interrupted = started.elapsed();
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (ok, err, took) = finish(child, started);
+    assert!(!ok);
+    assert!(err.contains("orchestrator on port"), "{err}");
+    assert!(
+        took - interrupted < Duration::from_secs(10),
+        "took {took:?}"
+    );
+}

@@ -144,9 +144,19 @@ impl Nodes {
         if settings.rank == 0 {
             let port = port_of(&settings.orchestrator, "distributed.orchestrator")?;
             ORCHESTRATOR.get_or_init(|| {
-                std::thread::spawn(move || match tokio::runtime::Runtime::new() {
-                    Ok(runtime) => runtime.block_on(start_global_orchestrator(port)),
-                    Err(e) => log::error!("no runtime for the orchestrator: {e}"),
+                std::thread::spawn(move || {
+                    match tokio::runtime::Runtime::new() {
+                        Ok(runtime) => runtime.block_on(start_global_orchestrator(port)),
+                        Err(e) => eprintln!("no runtime for the orchestrator: {e}"),
+                    }
+                    // It returns when the process is interrupted (it takes Ctrl-C over, so the
+                    // signal no longer ends the process) or when it cannot listen: either way
+                    // no node can go on. Checkpoints are written atomically.
+                    eprintln!(
+                        "node 0: burn-collective's orchestrator on port {port} stopped \
+                         (interrupted, or the port is taken); stopping"
+                    );
+                    std::process::exit(130);
                 });
             });
         }
