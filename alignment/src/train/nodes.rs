@@ -123,6 +123,9 @@ impl NodeSettings {
     }
 }
 
+/// How long a node waits after registering before it exchanges (see [`round`]).
+const SERVER_START: Duration = Duration::from_millis(50);
+
 /// One exchange asked of the collective thread: the values to sum, and where the sum goes.
 type Request = (Vec<f32>, Sender<std::result::Result<Vec<f32>, String>>);
 
@@ -423,6 +426,11 @@ fn round<B: Backend>(
             format!("register: {e}")
         }
     })?;
+    // Each registration starts this node's data server anew, and a peer that downloads from it
+    // the moment the registrations are complete can find it not yet listening (seen once in
+    // about 240 rounds: burn-communication panics, the orchestrator stops). A pause before the
+    // exchange makes that unlikely; it does not make it impossible.
+    std::thread::sleep(SERVER_START);
     let n = values.len();
     let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
     let sum = all_reduce::<B>(peer, tensor.into_primitive().tensor(), ReduceOperation::Sum)
