@@ -275,7 +275,7 @@ pub fn run<B: AutodiffBackend>(
     let (train_set, eval_set) = (data.train, data.eval);
     c.distributed.validate()?;
     // Every node of a multi-node run has the same run directory; node 0 writes its files.
-    let writes = c.distributed.rank == 0;
+    let writes = c.distributed.writes_files();
     if writes {
         c.save()?;
         write_heldout(&c.out, &eval_set.pairs)?;

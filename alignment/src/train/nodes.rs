@@ -114,6 +114,12 @@ impl NodeSettings {
         Ok(())
     }
 
+    /// Whether this node writes the run's files (checkpoints, configuration, export, summary):
+    /// node 0, or a machine alone.
+    pub fn writes_files(&self) -> bool {
+        self.rank == 0
+    }
+
     /// The log file of this node in a run directory.
     pub fn log_name(&self) -> String {
         match self.rank {

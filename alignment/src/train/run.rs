@@ -384,8 +384,7 @@ where
                 let (outputs, _) = workers.step(&mut iters, &model);
                 let (mut grads, mut values) = gather(&model, outputs, &main);
                 if let Some(nodes) = &self.nodes {
-                    let inner = model.policy.embed_tokens.weight.val().inner().device();
-                    match nodes.sum_step(&model, grads, &values, step, &inner) {
+                    match nodes.sum_step(&model, grads, &values, step, &main) {
                         Ok(summed) => (grads, values) = summed,
                         Err(e) => {
                             failure = Some(match e {
@@ -428,7 +427,7 @@ where
         // Dropping the checkpointer waits for its writes to finish.
         drop(checkpointer);
         // (Only node 0 of a multi-node run writes and prunes checkpoints.)
-        let writes = (self.nodes.as_ref()).is_none_or(|n| n.settings().rank == 0);
+        let writes = (self.nodes.as_ref()).is_none_or(|n| n.settings().writes_files());
         if failure.is_none() && writes {
             failure = self.unwritten(asked, done, interrupter.get_message());
         }

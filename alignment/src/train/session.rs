@@ -189,15 +189,16 @@ pub fn total_steps(s: &TrainSettings, n_pairs: usize) -> usize {
     s.max_steps.map_or(all, |m| m.min(all))
 }
 
-/// The optimizer and schedule of a run, fresh or restored from its newest checkpoint (with the
-/// checkpoint's step); a fresh run starts a new `log.jsonl`.
+/// The optimizer and schedule of a run, fresh or restored from checkpoint `resumed_from` (the
+/// newest one when the run resumes); a fresh run starts a new log.
 #[allow(clippy::type_complexity)]
 fn start_state<B: AutodiffBackend>(
     model: DecpoModel<B>,
     spec: &RunSpec,
     steps: usize,
+    resumed_from: Option<usize>,
     device: &B::Device,
-) -> Result<(DecpoModel<B>, Adam<B>, WarmupSchedule, Option<usize>)> {
+) -> Result<(DecpoModel<B>, Adam<B>, WarmupSchedule)> {
     let s = spec.train;
     let optim = AdamWConfig::new()
         .with_beta_1(s.adam_beta1 as f32)
@@ -206,12 +207,7 @@ fn start_state<B: AutodiffBackend>(
         .with_weight_decay(s.weight_decay as f32)
         .init();
     let schedule = WarmupSchedule::new(s.learning_rate, s.warmup_steps, steps, s.decay);
-    let resumed_from = if spec.resume {
-        latest_checkpoint(spec.dir)
-    } else {
-        None
-    };
-    let (model, optim, schedule) = match resumed_from {
+    Ok(match resumed_from {
         Some(k) => restore(
             &spec.dir.join("checkpoint"),
             k,
@@ -224,8 +220,7 @@ fn start_state<B: AutodiffBackend>(
             let _ = std::fs::remove_file(spec.dir.join(log_name(spec)));
             (model, optim, schedule)
         }
-    };
-    Ok((model, optim, schedule, resumed_from))
+    })
 }
 
 /// This node's log in the run directory (`log.jsonl` on one node and on node 0).
@@ -353,8 +348,8 @@ pub fn train<B: AutodiffBackend>(
     let (batch, accumulation) = (s.micro_batch, s.accumulation);
     let plan = plan_steps(&lengths, batch, accumulation, s.epochs, s.seed, steps);
     // Before the reference pass: a node started unlike the others stops here.
-    let resume_point = spec.resume.then(|| latest_checkpoint(spec.dir)).flatten();
-    let nodes = join_nodes(spec, &policy, &train_set, devices.len(), resume_point)?;
+    let resumed_from = spec.resume.then(|| latest_checkpoint(spec.dir)).flatten();
+    let nodes = join_nodes(spec, &policy, &train_set, devices.len(), resumed_from)?;
     let reference = prepare_reference(&policy, &mut train_set, &mut eval_set, &plan, spec)?;
     let probe = eval_set.prompts(s.probe_prompts);
     let pad_id = eval_set.ids.pad;
@@ -373,7 +368,7 @@ pub fn train<B: AutodiffBackend>(
     let intervals = steps.div_ceil(s.save_every);
     let report = Arc::new(Mutex::new(LoopReport::default()));
     let log_path: PathBuf = spec.dir.join(log_name(spec));
-    let (mut model, optim, schedule, resumed_from) = start_state(model, spec, steps, device)?;
+    let (mut model, optim, schedule) = start_state(model, spec, steps, resumed_from, device)?;
     let calibration = set_lambda(
         &mut model,
         &train_loader,
@@ -411,7 +406,7 @@ pub fn train<B: AutodiffBackend>(
         .with_metric_logger(InMemoryMetricLogger::default())
         .with_application_logger(None)
         .num_epochs(intervals);
-    if spec.nodes.is_none_or(|n| n.rank == 0) {
+    if spec.nodes.is_none_or(NodeSettings::writes_files) {
         training = training.with_file_checkpointer(AtomicRecorder::default());
     }
     for m in ValueMetric::all(true) {
