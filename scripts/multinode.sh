@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # Starts N nodes of one `train` run on this machine over loopback, to try multi-node training:
-# node 0 hosts burn-collective's orchestrator on ws://127.0.0.1:$PORT, node r listens for the
-# others' data on ws://127.0.0.1:$((PORT + 1 + r)); all share one run directory (--out, default
-# runs/multinode), where node 0 writes the checkpoints, log.jsonl and the exported model and
-# node r its log-node-r.jsonl. Each node's messages go to OUT/node-r.log. When a node fails the
+# node 0 listens on 127.0.0.1:$PORT and the others connect to it; all share one run directory
+# (--out, default runs/multinode), where node 0 writes the checkpoints, log.jsonl and the
+# exported model and node r its log-node-r.jsonl. Each node's messages go to OUT/node-r.log. When a node fails the
 # others are stopped, and the script exits with its status.
 #
 #   scripts/multinode.sh 2                                   # the embedded job on 2 nodes
 #   scripts/multinode.sh 2 -- --max-steps 40 --accumulation 2
 #   scripts/multinode.sh 2 -- --resume                       # go on from the last checkpoint
 #
-# Environment: TRAIN (the binary; default: built with cargo --release), PORT (3000),
+# Environment: TRAIN (the binary; default: built with cargo --release), PORT (29500),
 # OUT (runs/multinode), RAYON_NUM_THREADS (default: this machine's cores / N, at least 1).
 set -euo pipefail
 
 nodes=${1:?usage: scripts/multinode.sh N [-- train flags]}
 shift
 [[ ${1:-} == "--" ]] && shift
-port=${PORT:-3000}
+port=${PORT:-29500}
 out=${OUT:-runs/multinode}
 
 if [[ -z ${TRAIN:-} ]]; then
@@ -33,7 +32,7 @@ stop_all() { kill "${pids[@]}" 2>/dev/null || true; }
 trap stop_all INT TERM
 for ((r = 0; r < nodes; r++)); do
     "$TRAIN" --out "$out" --nodes "$nodes" --rank "$r" \
-        --orchestrator "ws://127.0.0.1:$port" --node-address "ws://127.0.0.1:$((port + 1 + r))" \
+        --main-address "127.0.0.1:$port" \
         "$@" >"$out/node-$r.log" 2>&1 &
     pids+=($!)
 done

@@ -161,15 +161,12 @@ pub struct NodeArgs {
     /// with the same model, data, settings and --out, and its own --rank.
     #[arg(long)]
     pub nodes: Option<usize>,
-    /// This node's place, 0..nodes (node 0 hosts the orchestrator and writes the run's files).
+    /// This node's place, 0..nodes (node 0 sums the gradients and writes the run's files).
     #[arg(long)]
     pub rank: Option<usize>,
-    /// The orchestrator's address, ws://HOST:PORT (node 0 listens on PORT).
+    /// Node 0's address, HOST:PORT: node 0 listens there, the others connect to it.
     #[arg(long)]
-    pub orchestrator: Option<String>,
-    /// This node's address for the other nodes, ws://HOST:PORT (it listens on PORT).
-    #[arg(long)]
-    pub node_address: Option<String>,
+    pub main_address: Option<String>,
     /// Seconds to wait for the other nodes before stopping with an error.
     #[arg(long)]
     pub node_timeout: Option<f64>,
@@ -181,11 +178,8 @@ impl NodeArgs {
         let d = &mut c.distributed;
         d.nodes = self.nodes.unwrap_or(d.nodes);
         d.rank = self.rank.unwrap_or(d.rank);
-        if let Some(a) = &self.orchestrator {
-            d.orchestrator.clone_from(a);
-        }
-        if let Some(a) = &self.node_address {
-            d.node_address.clone_from(a);
+        if let Some(a) = &self.main_address {
+            d.main_address.clone_from(a);
         }
         d.node_timeout = self.node_timeout.unwrap_or(d.node_timeout);
     }

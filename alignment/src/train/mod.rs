@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
+pub mod exchange;
 pub mod metrics;
 pub mod nodes;
 pub mod reference;

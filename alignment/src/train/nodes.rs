@@ -1,31 +1,27 @@
-//! Data parallel training over several machines (nodes) with burn-collective: every node runs
-//! its local workers as on one machine, then the nodes sum the step's gradients (and its
-//! logged values) with one all-reduce through burn-collective's global phase (the orchestrator,
-//! hosted by node 0, and a websocket data service on every node), so every node clips, steps
-//! and holds the same weights.
+//! Data parallel training over several machines (nodes): every node runs its local workers as
+//! on one machine, then the nodes sum the step's gradients (and its logged values) through the
+//! run's [`Exchange`] (node 0 adds them in rank order and sends the sum back), so every node
+//! clips, steps and holds the same weights. Before the first step the nodes compare what they
+//! were started with (a fingerprint of each part) and refuse to train when a part differs,
+//! naming it and the nodes.
 //!
-//! burn-collective 0.21 has no timeouts, and a second all-reduce inside one registration never
-//! returned here; so each exchange is one round (register, all-reduce, finish) on a thread of
-//! its own, and the training thread waits for it at most `node_timeout` seconds: a node that
-//! died or never connected stops the others with an error instead of a hang. Before the first
-//! step the nodes compare what they were started with (a fingerprint of each part) and refuse
-//! to train when a part differs, naming it and the nodes.
+//! The exchange is the project's own, over plain TCP: burn-collective 0.21's global all-reduce
+//! can run once per registration only (its `SyncService::sync` clears a copy of its list of
+//! synced peers, so a second sync never completes), and registering anew every step restarts
+//! each node's data server, which a peer can reach before it listens (burn-communication then
+//! panics and the orchestrator stops: seen at round 238 of the README's multinode command).
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use burn_collective::{
-    CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
-    start_global_orchestrator,
-};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AlignError, Result};
+use crate::train::exchange::Exchange;
 use crate::train::step::StepValues;
 
 /// The `[distributed]` table: where this node stands among the run's nodes.
@@ -34,13 +30,11 @@ use crate::train::step::StepValues;
 pub struct NodeSettings {
     /// Nodes (processes, usually machines) training together; 1: this one alone.
     pub nodes: usize,
-    /// This node's place, `0..nodes`. Node 0 hosts the orchestrator and alone writes the
+    /// This node's place, `0..nodes`. Node 0 sums the nodes' gradients and alone writes the
     /// checkpoints, the log and the exported model; node r logs to `log-node-r.jsonl`.
     pub rank: usize,
-    /// The orchestrator's address, `ws://HOST:PORT` (node 0 listens on PORT).
-    pub orchestrator: String,
-    /// This node's address for the other nodes' data, `ws://HOST:PORT` (it listens on PORT).
-    pub node_address: String,
+    /// Node 0's address, `HOST:PORT`: node 0 listens there, the others connect to it.
+    pub main_address: String,
     /// Seconds to wait for the other nodes (at the start and at every step) before stopping
     /// with an error.
     pub node_timeout: f64,
@@ -51,24 +45,21 @@ impl Default for NodeSettings {
         Self {
             nodes: 1,
             rank: 0,
-            orchestrator: "ws://127.0.0.1:3000".into(),
-            node_address: "ws://127.0.0.1:3001".into(),
+            main_address: "127.0.0.1:29500".into(),
             node_timeout: 600.0,
         }
     }
 }
 
-/// The port of a `ws://HOST:PORT` address.
-fn port_of(address: &str, setting: &str) -> Result<u16> {
-    let bad = || {
-        AlignError::setting(
-            setting,
-            format!("{address:?} is not ws://HOST:PORT with a port number"),
-        )
-    };
-    let rest = address.strip_prefix("ws://").ok_or_else(bad)?;
-    let (_, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    port.trim_end_matches('/').parse().map_err(|_| bad())
+/// Checks that `address` is `HOST:PORT` with a port number (it is resolved when the node joins).
+fn check_address(address: &str) -> Result<()> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(AlignError::setting(
+            "distributed.main_address",
+            format!("{address:?} is not HOST:PORT with a port number"),
+        )),
+    }
 }
 
 impl NodeSettings {
@@ -108,8 +99,7 @@ impl NodeSettings {
             ));
         }
         if self.is_distributed() {
-            port_of(&self.orchestrator, "distributed.orchestrator")?;
-            port_of(&self.node_address, "distributed.node_address")?;
+            check_address(&self.main_address)?;
         }
         Ok(())
     }
@@ -118,6 +108,18 @@ impl NodeSettings {
     /// node 0, or a machine alone.
     pub fn writes_files(&self) -> bool {
         self.rank == 0
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.node_timeout)
+    }
+
+    /// The error that stops this node while it was doing `what`.
+    fn stopped(&self, what: &str, why: String) -> AlignError {
+        AlignError::Stopped(format!(
+            "node {} of {}: {what}: {why}",
+            self.rank, self.nodes
+        ))
     }
 
     /// The log file of this node in a run directory.
@@ -129,65 +131,27 @@ impl NodeSettings {
     }
 }
 
-/// How long a node waits after registering before it exchanges (see [`round`]).
-const SERVER_START: Duration = Duration::from_millis(50);
-
-/// One exchange asked of the collective thread: the values to sum, and where the sum goes.
-type Request = (Vec<f32>, Sender<std::result::Result<Vec<f32>, String>>);
-
 /// This process's place in a multi-node run: sums vectors with the other nodes.
 pub struct Nodes {
     settings: NodeSettings,
-    requests: Mutex<Sender<Request>>,
+    exchange: Mutex<Exchange>,
 }
 
-/// The orchestrator runs once per process, on node 0, for as long as the process lives.
-static ORCHESTRATOR: OnceLock<()> = OnceLock::new();
-
 impl Nodes {
-    /// Joins the run's nodes with backend `B`'s tensors on `device` (B is the inner backend of
-    /// an autodiff one). Node 0 starts the orchestrator. Nothing is sent until the first
-    /// [`Nodes::sum`].
-    pub fn join<B: Backend>(settings: &NodeSettings, device: &B::Device) -> Result<Self> {
+    /// Joins the run's nodes: node 0 waits for every other node to connect, the others connect
+    /// to it, for at most `node_timeout` seconds.
+    pub fn join(settings: &NodeSettings) -> Result<Self> {
         settings.validate()?;
-        if settings.rank == 0 {
-            let port = port_of(&settings.orchestrator, "distributed.orchestrator")?;
-            ORCHESTRATOR.get_or_init(|| {
-                std::thread::spawn(move || {
-                    match tokio::runtime::Runtime::new() {
-                        Ok(runtime) => runtime.block_on(start_global_orchestrator(port)),
-                        Err(e) => eprintln!("no runtime for the orchestrator: {e}"),
-                    }
-                    // It returns when the process is interrupted (it takes Ctrl-C over, so the
-                    // signal no longer ends the process) or when it cannot listen: either way
-                    // no node can go on. Checkpoints are written atomically.
-                    eprintln!(
-                        "node 0: burn-collective's orchestrator on port {port} stopped \
-                         (interrupted, or the port is taken); stopping"
-                    );
-                    std::process::exit(130);
-                });
-            });
-        }
-        let parse = |address: &str| {
-            address
-                .parse()
-                .map_err(|e| AlignError::setting("distributed", format!("{address:?}: {e}")))
-        };
-        let config = CollectiveConfig::default()
-            .with_num_nodes(settings.nodes as u32)
-            .with_global_address(parse(&settings.orchestrator)?)
-            .with_node_address(parse(&settings.node_address)?)
-            .with_data_service_port(port_of(&settings.node_address, "distributed.node_address")?);
-        let (requests, receive) = channel::<Request>();
-        let (peer, device) = (PeerId::from(settings.rank), device.clone());
-        std::thread::Builder::new()
-            .name(format!("decpo-node-{}", settings.rank))
-            .spawn(move || serve::<B>(receive, peer, device, config))
-            .map_err(|e| AlignError::Stopped(format!("cannot start the collective thread: {e}")))?;
+        let exchange = Exchange::join(
+            settings.nodes,
+            settings.rank,
+            &settings.main_address,
+            settings.timeout(),
+        )
+        .map_err(|e| settings.stopped("joining the other nodes", e))?;
         Ok(Self {
             settings: settings.clone(),
-            requests: Mutex::new(requests),
+            exchange: Mutex::new(exchange),
         })
     }
 
@@ -196,44 +160,13 @@ impl Nodes {
     }
 
     /// The element-wise sum of `values` over all nodes (every node passes a vector of the same
-    /// length), or an error when the other nodes do not answer within the timeout.
+    /// length), or an error when a node stopped or did not answer within the timeout.
     pub fn sum(&self, values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
-        let n = values.len();
-        let (reply, answer) = channel();
-        let sent = self
-            .requests
+        self.exchange
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send((values, reply));
-        let timeout = Duration::from_secs_f64(self.settings.node_timeout);
-        let got = match sent {
-            Ok(()) => answer.recv_timeout(timeout),
-            Err(_) => Err(RecvTimeoutError::Disconnected),
-        };
-        let stop = |why: String| {
-            AlignError::Stopped(format!(
-                "node {} of {}: {what}: {why}",
-                self.settings.rank, self.settings.nodes
-            ))
-        };
-        match got {
-            Ok(Ok(sum)) if sum.len() == n => Ok(sum),
-            Ok(Ok(sum)) => Err(stop(format!(
-                "the nodes sent vectors of different lengths ({} here, {} summed)",
-                n,
-                sum.len()
-            ))),
-            Ok(Err(e)) => Err(stop(format!("burn-collective failed: {e}"))),
-            Err(RecvTimeoutError::Timeout) => Err(stop(format!(
-                "no answer from the other nodes within {} s (distributed.node_timeout): a node \
-                 stopped, never started or was refused (see its messages), or cannot reach {} \
-                 or this node's {}",
-                self.settings.node_timeout, self.settings.orchestrator, self.settings.node_address
-            ))),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(stop("the collective thread stopped".into()))
-            }
-        }
+            .sum(values, self.settings.timeout())
+            .map_err(|e| self.settings.stopped(what, e))
     }
 
     /// Checks that every node was started with the same parts: `parts` are (name, fingerprint)
@@ -283,7 +216,7 @@ impl Nodes {
         } else {
             Err(AlignError::Stopped(format!(
                 "the nodes were not started alike: {} (every node needs the same model, data and \
-                 settings but its distributed.rank and distributed.node_address)",
+                 settings but its distributed.rank)",
                 problems.join("; ")
             )))
         }
@@ -403,52 +336,6 @@ impl Nodes {
     }
 }
 
-/// The collective thread: one burn-collective round per request.
-fn serve<B: Backend>(
-    requests: Receiver<Request>,
-    peer: PeerId,
-    device: B::Device,
-    config: CollectiveConfig,
-) {
-    for (values, reply) in requests {
-        let _ = reply.send(round::<B>(values, peer, &device, &config));
-    }
-}
-
-fn round<B: Backend>(
-    values: Vec<f32>,
-    peer: PeerId,
-    device: &B::Device,
-    config: &CollectiveConfig,
-) -> std::result::Result<Vec<f32>, String> {
-    register::<B>(peer, device.clone(), config.clone()).map_err(|e| {
-        let e = format!("{e:?}");
-        if e.contains("RegisterParamsMismatch") {
-            format!(
-                "the orchestrator refused this node: its distributed.nodes differs from that of \
-                 the nodes that registered first ({e})"
-            )
-        } else {
-            format!("register: {e}")
-        }
-    })?;
-    // Each registration starts this node's data server anew, and a peer that downloads from it
-    // the moment the registrations are complete can find it not yet listening (seen once in
-    // about 240 rounds: burn-communication panics, the orchestrator stops). A pause before the
-    // exchange makes that unlikely; it does not make it impossible.
-    std::thread::sleep(SERVER_START);
-    let n = values.len();
-    let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
-    let sum = all_reduce::<B>(peer, tensor.into_primitive().tensor(), ReduceOperation::Sum)
-        .map_err(|e| format!("all-reduce: {e:?}"))?;
-    finish_collective::<B>(peer).map_err(|e| format!("finish: {e:?}"))?;
-    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(sum))
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| format!("reading the sum: {e:?}"))
-}
-
 /// FNV-1a: a fingerprint of bytes, the same on every machine.
 pub fn fingerprint(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -488,10 +375,10 @@ mod tests {
         );
         bad(
             NodeSettings {
-                orchestrator: "127.0.0.1:3000".into(),
+                main_address: "ws://10.0.0.2".into(),
                 ..ok.clone()
             },
-            "distributed.orchestrator",
+            "distributed.main_address",
         );
         bad(
             NodeSettings {
@@ -500,7 +387,7 @@ mod tests {
             },
             "distributed.node_timeout",
         );
-        assert_eq!(port_of("ws://10.0.0.2:3101", "x").unwrap(), 3101);
+        assert!(check_address("node-0.cluster:29500").is_ok());
         assert_eq!(ok.log_name(), "log-node-1.jsonl");
     }
 }

@@ -241,8 +241,7 @@ fn join_nodes<B: AutodiffBackend>(
         return Ok(None);
     };
     let inner = policy.valid();
-    let device = inner.embed_tokens.weight.device();
-    let nodes = Nodes::join::<B::InnerBackend>(settings, &device)?;
+    let nodes = Nodes::join(settings)?;
     let text = |s: String| fingerprint(s.into_bytes());
     let weights: f64 =
         burn::tensor::ElementConversion::elem(inner.embed_tokens.weight.val().sum().into_scalar());
