@@ -1,24 +1,24 @@
 //! The concrete backend, picked by cargo feature: `cuda`, else `wgpu`, else `flex` (CPU, with
 //! bf16), else `ndarray` (CPU, the default: the deterministic tests run on it).
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-fixed")]
 pub type Backend = burn::backend::Cuda;
 
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "wgpu", not(feature = "cuda-fixed")))]
 pub type Backend = burn::backend::Wgpu;
 
-#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+#[cfg(all(feature = "flex", not(any(feature = "cuda-fixed", feature = "wgpu"))))]
 pub type Backend = burn::backend::Flex;
 
 #[cfg(all(
     feature = "ndarray",
-    not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
+    not(any(feature = "cuda-fixed", feature = "wgpu", feature = "flex"))
 ))]
 pub type Backend = burn::backend::NdArray<f32>;
 
 #[cfg(not(any(
     feature = "ndarray",
-    feature = "cuda",
+    feature = "cuda-fixed",
     feature = "wgpu",
     feature = "flex"
 )))]
@@ -70,19 +70,19 @@ pub fn keep_freed_memory() {
     }
 }
 
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
+#[cfg(any(feature = "cuda-fixed", feature = "wgpu"))]
 fn number(name: &str, prefix: &str) -> Option<usize> {
     name.strip_prefix(prefix)?.parse().ok()
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-fixed")]
 fn parse_device(name: &str) -> anyhow::Result<Device> {
     number(name, "cuda:")
         .map(|index| Device { index })
         .ok_or_else(|| anyhow::anyhow!("unknown device {name:?}: this cuda build takes cuda:N"))
 }
 
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "wgpu", not(feature = "cuda-fixed")))]
 fn parse_device(name: &str) -> anyhow::Result<Device> {
     let device = match name {
         "default" => Some(Device::DefaultDevice),
@@ -101,7 +101,7 @@ fn parse_device(name: &str) -> anyhow::Result<Device> {
         })
 }
 
-#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+#[cfg(not(any(feature = "cuda-fixed", feature = "wgpu")))]
 fn parse_device(spec: &str) -> anyhow::Result<Device> {
     match spec {
         "cpu" => Ok(device()),
@@ -111,7 +111,7 @@ fn parse_device(spec: &str) -> anyhow::Result<Device> {
 
 /// The backend's name, for logs and benchmark tables.
 pub fn name() -> &'static str {
-    if cfg!(feature = "cuda") {
+    if cfg!(feature = "cuda-fixed") {
         "cuda"
     } else if cfg!(feature = "wgpu") {
         "wgpu"
@@ -124,31 +124,32 @@ pub fn name() -> &'static str {
 
 /// Sets up `device` to compute in `precision`; call it first, before any tensor exists.
 ///
-/// On the GPU backends this also gives each dtype its own cubecl autotune cache: cubecl keeps
-/// the fastest kernel per matmul shape on disk, and a bf16 run has been seen to reuse the f32
-/// choice for the same shape (0.5-0.7x of a bf16-tuned kernel). The cache lives in
-/// `$DECPO_AUTOTUNE_DIR/<backend>-<dtype>` (default `~/.cache/decpo/autotune`); a `cubecl.toml`
-/// or `burn.toml` in the working directory overrides this.
+/// On the GPU backends this also sets where cubecl keeps what it learns, under
+/// `$DECPO_GPU_CACHE` (default `~/.cache/decpo/gpu`): the autotune results in `<backend>-<dtype>/`
+/// (the fastest kernel per matmul shape; one directory per dtype, because a bf16 run has been
+/// seen to reuse the f32 choice for the same shape at 0.5-0.7x of a bf16-tuned kernel) and the
+/// compiled kernels in `kernels/` (PTX on CUDA, so NVRTC compiles a kernel once). A
+/// `cubecl.toml` or `burn.toml` in the working directory overrides this.
 pub fn prepare<B: burn::tensor::backend::Backend>(
     device: &B::Device,
     precision: decpo_model::Precision,
 ) -> anyhow::Result<()> {
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    autotune_cache(precision);
+    #[cfg(any(feature = "cuda-fixed", feature = "wgpu"))]
+    gpu_cache(precision);
     decpo_model::set_compute_dtype::<B>(device, precision)?;
     Ok(())
 }
 
 /// cubecl's configuration is global and may be set once per process: with several devices
 /// (`--devices cuda:0,cuda:1`) `prepare` runs once per device, and a second `set` panics.
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn autotune_cache(precision: decpo_model::Precision) {
+#[cfg(any(feature = "cuda-fixed", feature = "wgpu"))]
+fn gpu_cache(precision: decpo_model::Precision) {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| set_autotune_cache(precision));
+    ONCE.call_once(|| set_gpu_cache(precision));
 }
 
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn set_autotune_cache(precision: decpo_model::Precision) {
+#[cfg(any(feature = "cuda-fixed", feature = "wgpu"))]
+fn set_gpu_cache(precision: decpo_model::Precision) {
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
     let user_file = ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
         .iter()
@@ -156,13 +157,14 @@ fn set_autotune_cache(precision: decpo_model::Precision) {
     if user_file {
         return;
     }
-    let root = std::env::var_os("DECPO_AUTOTUNE_DIR")
+    let root = std::env::var_os("DECPO_GPU_CACHE")
         .map(std::path::PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/decpo/autotune"))
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/decpo/gpu"))
         })
-        .unwrap_or_else(|| std::path::PathBuf::from("target/autotune"));
+        .unwrap_or_else(|| std::path::PathBuf::from("target/gpu-cache"));
     let mut config = CubeClRuntimeConfig::default();
     config.autotune.cache = CacheConfig::File(root.join(format!("{}-{precision}", name())));
+    config.compilation.cache = Some(CacheConfig::File(root.join("kernels")));
     CubeClRuntimeConfig::set(config);
 }

@@ -1,10 +1,10 @@
 //! bf16 mixed precision on the CPU, through burn's `flex` backend (burn-ndarray has no bf16): the
-//! same generic code the CUDA backend runs with `--dtype bf16`. Built with `--features cuda`, the
-//! same tests run on the GPU instead (scripts/gpu/run.sh). The DecPO step on the tiny Llama
-//! in bf16 agrees with the PyTorch f32 reference (scripts/make_loss_fixture.py) within bf16
-//! tolerance, for every loss and regularizer mode; the tensors that `decpo_model::precision`
-//! promises to keep in f32 are f32; a bf16 run resumed from its checkpoint keeps training f32
-//! master weights and continues the run that was interrupted.
+//! same generic code the CUDA backend runs with `--dtype bf16`. Built with `--features cuda` or
+//! `cuda-fixed`, the same tests run on the GPU instead (scripts/gpu/run.sh). The DecPO step on
+//! the tiny Llama in bf16 agrees with the PyTorch f32 reference (scripts/make_loss_fixture.py)
+//! within bf16 tolerance, for every loss and regularizer mode; the tensors that
+//! `decpo_model::precision` promises to keep in f32 are f32; a bf16 run resumed from its
+//! checkpoint keeps training f32 master weights and continues the run that was interrupted.
 
 mod common;
 
@@ -16,9 +16,9 @@ use decpo_alignment::{ObjectiveConfig, RegMode, Regularizer, objective};
 use decpo_model::{Llama, LoraConfig, Precision, load_pretrained, set_compute_dtype};
 use serde_json::Value;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-fixed")]
 type F = burn::backend::Cuda;
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(feature = "cuda-fixed"))]
 type F = burn::backend::Flex;
 type FA = burn::backend::Autodiff<F>;
 

@@ -13,16 +13,24 @@ Model FLOPs of one step (the same formula for both sides, from the config):
   step = tokens * (F reference forward + F policy forward + backward)
   backward = 2F when every weight trains, F with LoRA (activation gradients only; the adapters'
   own FLOPs are negligible and not counted).
-MFU = step FLOPs / step time / the card's dense bf16 (or f32) peak, from its name, or --peak-tflops.
+MFU = step FLOPs / step time / a peak: the card's datasheet dense bf16 (or f32) peak, from its
+name, or --peak-tflops; and, in bf16, the peak a large bf16 matrix product reached on these cards
+(8192^3 through PyTorch: 798 TFLOP/s on an H100 SXM, 788 on an H200, recorded by the device
+tool's notes), which is what a step could reach at best.
+
+PyTorch runs first in each case, so that burn's autotune (a new matmul shape costs 25-30 s)
+cannot leave PyTorch without time; with --until, a side gets at most what is left, and cases
+that cannot start any more are left out (said so in the table).
 
 Usage, on the GPU machine, from the repository root (scripts/gpu/run.sh calls it):
   python3 scripts/gpu/bench.py --bench gpu-bin/bench --out $OUT/bench
-Prints the markdown table to stdout; raw JSON lines and logs go to --out.
+Prints the markdown table to stdout and to --out/table.md; raw JSON lines and logs go to --out.
 """
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -44,9 +52,10 @@ SHAPES = {
     "llama-2-7b": (32000, 4096, 11008, 32, 32, 32, 128, False),
 }
 
-# Dense peak TFLOP/s by card name: (bf16 tensor cores, f32 without tensor cores).
-PEAKS = [("H100 PCIe", 756.0, 51.2), ("H100", 989.4, 66.9), ("H200", 989.4, 66.9),
-         ("A100", 312.0, 19.5)]
+# Dense peak TFLOP/s by card name: (bf16 tensor cores, f32 without tensor cores) from the
+# datasheets, and the bf16 matrix product measured on such a card here (None: not measured).
+PEAKS = [("H100 PCIe", 756.0, 51.2, None), ("H100", 989.4, 66.9, 798.0),
+         ("H200", 989.4, 66.9, 788.0), ("A100", 312.0, 19.5, None)]
 
 
 def step_flops(config, pairs, seq, lora):
@@ -65,13 +74,14 @@ def card():
     return out.strip().splitlines()[0]
 
 
-def peak_of(name, dtype, override):
+def peaks_of(name, dtype, override):
+    """(datasheet peak, measured peak) in TFLOP/s; either may be None."""
     if override:
-        return override
-    for key, bf16, f32 in PEAKS:
+        return override, None
+    for key, bf16, f32, measured in PEAKS:
         if key in name:
-            return bf16 if dtype == "bf16" else f32
-    return None
+            return (bf16, measured) if dtype == "bf16" else (f32, None)
+    return None, None
 
 
 class MemoryPoll:
@@ -105,12 +115,14 @@ def run_side(cmd, log, limit):
     with open(log, "w") as err:
         err.write(" ".join(cmd) + "\n")
         err.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        # A session of its own, so that a timeout kills whatever it started too.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
         poll = MemoryPoll(proc.pid)
         try:
-            out, _ = proc.communicate(timeout=limit)
+            out, _ = proc.communicate(timeout=max(limit, 0.1))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             print(f"warning: killed after {limit} s: {' '.join(cmd)}", file=sys.stderr)
         peak = poll.done()
@@ -131,52 +143,76 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--only", default=None, help="run only the cases of this config")
     ap.add_argument("--side-timeout", type=float, default=300, help="seconds per process")
+    ap.add_argument("--until", type=float, default=None,
+                    help="a Unix time by which every process has ended")
+    ap.add_argument("--torch", default="scripts/bench_torch.py",
+                    help="the PyTorch side (a stand-in in the dry run)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    table = open(f"{a.out}/table.md", "w")
+
+    def say(line):
+        print(line, flush=True)
+        table.write(line + "\n")
+        table.flush()
+
+    def budget():
+        left = a.side_timeout if a.until is None else min(a.side_timeout, a.until - time.time())
+        return left
+
     name = card()
-    peak = peak_of(name, a.dtype, a.peak_tflops)
-    print(f"{name}, {a.dtype}, one DecPO step (policy fwd+bwd on chosen and rejected, "
-          f"reference fwd, regularizer, clip, AdamW); peak {peak} TFLOP/s\n")
-    print("| preset | train | pairs x seq | burn tok/s | PyTorch tok/s | ratio | burn ms | "
-          "PyTorch ms | burn MFU | PyTorch MFU | burn peak MiB | PyTorch peak MiB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    peak, measured = peaks_of(name, a.dtype, a.peak_tflops)
+    say(f"{name}, {a.dtype}, one DecPO step (policy fwd+bwd on chosen and rejected, "
+        f"reference fwd, regularizer, clip, AdamW); MFU against the datasheet's {peak} "
+        f"TFLOP/s / the measured {measured} TFLOP/s\n")
+    say("| preset | train | pairs x seq | burn tok/s | PyTorch tok/s | ratio | burn ms | "
+        "PyTorch ms | burn MFU | PyTorch MFU | burn peak MiB | PyTorch peak MiB |")
+    say("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for config, pairs, seq, lora in CASES:
         if a.only and config != a.only:
+            continue
+        tag = f"{config}-{'lora' if lora else 'full'}"
+        if budget() < 10:
+            say(f"| {config} | {'LoRA' if lora else 'full'} | {pairs} x {seq} | not run: "
+                "the deadline | | | | | | | | |")
             continue
         common = ["--preset", config, "--batch", str(pairs), "--seq", str(seq), "--mode",
                   "decpo_step", "--dtype", a.dtype, "--iters", str(a.iters), "--warmup",
                   str(a.warmup)] + (["--lora"] if lora else [])
-        tag = f"{config}-{'lora' if lora else 'full'}"
-        burn, burn_mem = run_side([a.bench] + common, f"{a.out}/{tag}.burn.log", a.side_timeout)
         torch, torch_mem = run_side(
-            [sys.executable, "scripts/bench_torch.py", "--device", "cuda"] + common,
-            f"{a.out}/{tag}.torch.log", a.side_timeout)
+            [sys.executable, a.torch, "--device", "cuda"] + common,
+            f"{a.out}/{tag}.torch.log", budget())
+        burn, burn_mem = run_side([a.bench] + common, f"{a.out}/{tag}.burn.log", budget())
         flops = step_flops(config, pairs, seq, lora)
         row = {"preset": config, "lora": lora, "pairs": pairs, "seq": seq, "dtype": a.dtype,
                "card": name, "step_tflop": flops / 1e12, "burn": burn, "torch": torch,
-               "burn_peak_mib": burn_mem, "torch_peak_mib": torch_mem}
+               "burn_peak_mib": burn_mem, "torch_peak_mib": torch_mem,
+               "peak_tflops": peak, "measured_peak_tflops": measured}
         for side, r in (("burn", burn), ("torch", torch)):
-            if r and peak:
-                row[f"{side}_mfu"] = flops / (r["ms_per_iter"] / 1e3) / (peak * 1e12)
+            for key, p in (("mfu", peak), ("mfu_measured", measured)):
+                if r and p:
+                    row[f"{side}_{key}"] = flops / (r["ms_per_iter"] / 1e3) / (p * 1e12)
         with open(f"{a.out}/results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        print_row(row)
+        say(row_line(row))
 
 
-def print_row(r):
+def row_line(r):
     def num(side, key, fmt):
         return format(side[key], fmt) if side else "failed"
 
-    def mfu(key):
-        return f"{100 * r[key]:.1f} %" if key in r else "n/a"
+    def mfu(side):
+        parts = [f"{100 * r[k]:.1f} %" if k in r else "n/a"
+                 for k in (f"{side}_mfu", f"{side}_mfu_measured")]
+        return " / ".join(parts)
 
     b, t = r["burn"], r["torch"]
     ratio = f"{b['tokens_per_s'] / t['tokens_per_s']:.2f}x" if b and t else "n/a"
-    print(f"| {r['preset']} | {'LoRA' if r['lora'] else 'full'} | {r['pairs']} x {r['seq']} "
-          f"| {num(b, 'tokens_per_s', '.0f')} | {num(t, 'tokens_per_s', '.0f')} | {ratio} "
-          f"| {num(b, 'ms_per_iter', '.1f')} | {num(t, 'ms_per_iter', '.1f')} "
-          f"| {mfu('burn_mfu')} | {mfu('torch_mfu')} "
-          f"| {r['burn_peak_mib']} | {r['torch_peak_mib']} |", flush=True)
+    return (f"| {r['preset']} | {'LoRA' if r['lora'] else 'full'} | {r['pairs']} x {r['seq']} "
+            f"| {num(b, 'tokens_per_s', '.0f')} | {num(t, 'tokens_per_s', '.0f')} | {ratio} "
+            f"| {num(b, 'ms_per_iter', '.1f')} | {num(t, 'ms_per_iter', '.1f')} "
+            f"| {mfu('burn')} | {mfu('torch')} "
+            f"| {r['burn_peak_mib']} | {r['torch_peak_mib']} |")
 
 if __name__ == "__main__":
     main()

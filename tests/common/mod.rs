@@ -13,9 +13,9 @@ use serde_json::Value;
 /// feature the binaries' backend (`decpo::backend`): `--features wgpu` runs the same tests through
 /// the GPU code path (CI does so on Mesa's llvmpipe for the fixture tests). The default CPU build
 /// of the binaries uses burn-flex; tests/backends.rs holds it to ndarray's numbers.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(any(feature = "wgpu", feature = "cuda-fixed"))]
 pub type B = decpo::backend::Backend;
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+#[cfg(not(any(feature = "wgpu", feature = "cuda-fixed")))]
 pub type B = burn::backend::NdArray<f32>;
 pub type AD = burn::backend::Autodiff<B>;
 
