@@ -171,42 +171,27 @@ impl Nodes {
 
     /// Checks that every node was started with the same parts: `parts` are (name, fingerprint)
     /// in the same order on every node. An error names each part that differs and the nodes
-    /// that disagree, or a rank that no node or two nodes took.
+    /// that disagree. (That every rank is taken once, [`Exchange::join`] saw to.)
     pub fn agree(&self, parts: &[(&str, u64)]) -> Result<()> {
         let (nodes, rank) = (self.settings.nodes, self.settings.rank);
-        // Per node a slot: a 1 (the slot is taken) and each fingerprint in 16-bit pieces, exact
-        // in f32 and in their sum over the nodes (slots of other nodes are 0 here).
-        let width = 1 + 4 * parts.len();
+        // Per node a slot: each fingerprint in 16-bit pieces, exact in f32 and in their sum over
+        // the nodes (slots of other nodes are 0 here).
+        let width = 4 * parts.len();
         let mut slots = vec![0f32; nodes * width];
         let mine = &mut slots[rank * width..(rank + 1) * width];
-        mine[0] = 1.0;
         for (i, (_, print)) in parts.iter().enumerate() {
             for k in 0..4 {
-                mine[1 + 4 * i + k] = ((print >> (16 * k)) & 0xffff) as f32;
+                mine[4 * i + k] = ((print >> (16 * k)) & 0xffff) as f32;
             }
         }
         let all = self.sum(slots, "comparing the nodes' settings")?;
         let mut problems = Vec::new();
-        for r in 0..nodes {
+        for r in (0..nodes).filter(|&r| r != rank) {
             let slot = &all[r * width..(r + 1) * width];
-            if slot[0] != 1.0 {
-                problems.push(format!(
-                    "{} node started with distributed.rank {r}",
-                    if slot[0] == 0.0 {
-                        "no"
-                    } else {
-                        "more than one"
-                    }
-                ));
-                continue;
-            }
-            let print = |i: usize| {
-                (0..4).fold(0u64, |acc, k| {
-                    acc | ((slot[1 + 4 * i + k] as u64) << (16 * k))
-                })
-            };
+            let print =
+                |i: usize| (0..4).fold(0u64, |acc, k| acc | ((slot[4 * i + k] as u64) << (16 * k)));
             for (i, (name, own)) in parts.iter().enumerate() {
-                if r != rank && print(i) != *own {
+                if print(i) != *own {
                     problems.push(format!("node {r}'s {name} differs from node {rank}'s"));
                 }
             }

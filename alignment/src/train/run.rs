@@ -345,12 +345,11 @@ where
         let starting_epoch = self.resumed_from.map_or(1, |k| k + 1);
         let main = self.devices[0].clone();
         learner.fork(&main);
-        let (first_worker, all_workers) = match &self.nodes {
-            Some(n) => (n.settings().rank, n.settings().nodes),
-            None => (0, 1),
-        };
+        // This node's workers are numbers rank · devices .. of nodes · devices.
+        let (rank, nodes) =
+            (self.nodes.as_ref()).map_or((0, 1), |n| (n.settings().rank, n.settings().nodes));
         let local = self.devices.len();
-        let (first_worker, all_workers) = (first_worker * local, all_workers * local);
+        let (first_worker, all_workers) = (rank * local, nodes * local);
         let shards = self.train.shards(&self.devices, first_worker, all_workers);
         let workers = MultiDevicesTrainStep::<Components<B, O>>::new(&self.devices);
         let mut processor = components.event_processor;
