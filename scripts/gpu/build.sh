@@ -10,8 +10,9 @@
 # Stripped and xz-compressed. Then it checks the bundle: every binary needs only the C runtime
 # (libc, libm, libgcc_s, the loader) and glibc symbols no newer than GLIBC_MAX (2.35: Ubuntu
 # 22.04 and later run it), and the bundle with the working tree that travels stays under the
-# 64 MiB a device call carries. About an hour and a half on 2 cores (three builds of burn's GPU
-# stack); the Debian packages are fetched first, so a missing one costs seconds, not the hour.
+# 64 MiB a device call carries. The earlier two-feature build (cuda, wgpu) took about an hour on
+# 2 cores; this one adds cuda-fixed, not yet timed. The Debian packages are fetched first, so a
+# missing one costs seconds, not the hour.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CUDARC_CUDA_VERSION=13000   # no nvcc here: cudarc is told the CUDA version
